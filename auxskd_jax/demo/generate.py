@@ -25,7 +25,7 @@ from auxskd_jax.data.synthetic import write_video
 from auxskd_jax.demo import backgrounds, motions, render
 
 _PARTS = {"train": 1, "test": 2, "pool_synth": 3, "pool_real": 4}
-FORMAT_VERSION = 2  # 2: speed-pattern classes
+FORMAT_VERSION = 3  # 2: speed-pattern classes; 3: speed laws on dark backgrounds
 
 
 def video_rng(seed: int, part: str, index: int) -> np.random.Generator:
@@ -57,7 +57,7 @@ def _labelled(root: str, s: dict[str, Any], split: str, per_class: int) -> list[
   for ci, name in enumerate(motions.CLASSES):
     for k in range(per_class):
       rng = video_rng(s["seed"], split, ci * per_class + k)
-      frames, _, _ = render.render_video(rng, name, s["num_frames"], s["size"], s["use_samples"])
+      frames, _, _ = render.render_video(rng, name, s["num_frames"], s["size"])
       paths.append(write_video(os.path.join(root, "actions", split, name, f"{name}_{k:03d}.mp4"),
                                frames))
   return paths
@@ -69,7 +69,7 @@ def _pool(root: str, s: dict[str, Any]) -> list[str]:
   for k in range(s["pool_synthetic"]):
     rng = video_rng(s["seed"], "pool_synth", k)
     name = motions.CLASSES[int(rng.integers(len(motions.CLASSES)))]
-    frames, _, _ = render.render_video(rng, name, s["num_frames"], s["size"], s["use_samples"])
+    frames, _, _ = render.render_video(rng, name, s["num_frames"], s["size"])
     paths.append(write_video(os.path.join(out_dir, f"synth_{k:04d}.mp4"), frames))
   sources = backgrounds.sample_videos() if s["use_samples"] else []
   if sources and s["pool_real"]:

@@ -1,11 +1,14 @@
-"""Motion classes of the demo dataset: each class is a speed pattern, never an appearance.
+"""Motion classes of the demo dataset: each class is a speed law, never an appearance.
 
-A glyph translates over the frame (a torus) in a direction drawn per video; what tells the
-classes apart is only *how its speed varies in time*: constantly slow, constantly fast,
-stop-and-go, or back-and-forth. These are the cues VSPP's pretext task (which segment of a clip
-was played faster, and how much) has to perceive, so pretraining on unlabelled videos has
-something to offer the downstream task. Every random quantity (start, direction, speeds,
-phase, glyph angle and scale) is drawn per video.
+Glyphs translate over the frame (a torus) in a direction drawn per video; what tells the
+classes apart is only *how fast they move and how their speed changes in time*: constantly
+slow, constantly fast, speeding up, or slowing down. These are the cues VSPP's pretext task
+(which segment of a clip plays faster, and how much) has to perceive, so pretraining on
+unlabelled videos has something to offer the downstream task. Every law keeps the pace
+locally smooth, as VSPP assumes of natural video: an earlier design with stop-and-go and
+back-and-forth classes (abrupt speed changes every two or three frames, which look like VSPP's
+own pace changes) kept VSPP at chance on its pool. Every random quantity (start, direction,
+speeds, growth rate, glyph angle and scale) is drawn per video.
 
 A trajectory gives, per frame, the glyph's centre (x, y in pixels, wrapping mod the frame side),
 rotation angle (degrees, constant here) and scale (constant).
@@ -16,37 +19,31 @@ from __future__ import annotations
 import numpy as np
 
 # Order fixes the label ids.
-CLASSES: tuple[str, ...] = ("slow", "fast", "stop_and_go", "back_and_forth")
+CLASSES: tuple[str, ...] = ("slow", "fast", "speeding_up", "slowing_down")
 
 # Speeds in pixels per frame for a 32-pixel frame (scaled with the frame side). Slow stays
 # above 0.8 px so the glyph, pasted at integer positions, moves every frame.
 SLOW = (0.8, 1.1)
 FAST = (2.4, 3.2)
+# Speeding up: from RAMP_START px/frame, x RAMP_GROWTH per frame (about x2 over an 8-frame
+# clip, x9 over 24 frames); slowing down is the same law played backwards.
+RAMP_START = (0.5, 0.7)
+RAMP_GROWTH = (1.08, 1.12)
 
 Trajectory = dict[str, np.ndarray]  # keys x, y, angle, scale; each float64 [T]
 
 
-def _square_wave(rng: np.random.Generator, num_frames: int, half_period: int) -> np.ndarray:
-  """+1 / -1 in runs of `half_period` frames, starting at a random phase: [T - 1] steps."""
-  phase = int(rng.integers(2 * half_period))
-  t = np.arange(num_frames - 1) + phase
-  return np.where((t // half_period) % 2 == 0, 1.0, -1.0)
-
-
 def step_speeds(name: str, rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
-  """Signed speed along the video's direction for each of the T - 1 frame steps (px/frame)."""
+  """Speed along the video's direction for each of the T - 1 frame steps (px/frame)."""
   unit = size / 32.0
   steps = num_frames - 1
   if name == "slow":
     return np.full(steps, rng.uniform(*SLOW) * unit)
-  fast = rng.uniform(*FAST) * unit
   if name == "fast":
-    return np.full(steps, fast)
-  if name == "stop_and_go":  # two or three frames moving, as many standing still
-    wave = _square_wave(rng, num_frames, int(rng.integers(2, 4)))
-    return np.where(wave > 0, fast, 0.0)
-  if name == "back_and_forth":  # reverses every two or three frames
-    return fast * _square_wave(rng, num_frames, int(rng.integers(2, 4)))
+    return np.full(steps, rng.uniform(*FAST) * unit)
+  if name in ("speeding_up", "slowing_down"):
+    ramp = rng.uniform(*RAMP_START) * rng.uniform(*RAMP_GROWTH) ** np.arange(steps) * unit
+    return ramp if name == "speeding_up" else ramp[::-1].copy()
   raise ValueError(f"unknown demo motion class {name!r}; choose one of {CLASSES}.")
 
 

@@ -1,4 +1,4 @@
-"""Renders one demo video: a random glyph moving by its class's law over a random background."""
+"""Renders one demo video: random glyphs moving by their class's law over a dark background."""
 
 from __future__ import annotations
 
@@ -7,33 +7,35 @@ from PIL import Image
 
 from auxskd_jax.demo import backgrounds, glyphs, motions
 
-GLYPH_FRACTION = 0.45  # glyph side relative to the frame side, at scale 1
+GLYPH_FRACTION = 0.5  # glyph side relative to the frame side, at scale 1
+NUM_GLYPHS = 2  # moving together (one rigid group): twice the moving edges of one glyph
 
 
-def render_video(rng: np.random.Generator, class_name: str, num_frames: int, size: int,
-                 use_samples: bool = True
+def render_video(rng: np.random.Generator, class_name: str, num_frames: int, size: int
                  ) -> tuple[np.ndarray, np.ndarray, motions.Trajectory]:
   """Returns (frames uint8 [T, size, size, 3], glyph alpha float32 [T, size, size], pose).
 
   The alpha masks and the pose let tests check that the motion is what the class claims.
+  Glyph k sits at the pose's centre plus a fixed random offset (glyph 0 at offset 0).
   """
   glyph_side = max(4, int(round(GLYPH_FRACTION * size)))
-  sprite = glyphs.random_glyph(rng, glyph_side * 2)  # drawn at 2x, shrunk per frame
-  background = Image.fromarray(backgrounds.random_background(rng, size, use_samples)
-                               ).convert("RGBA")
+  sprites = [glyphs.random_glyph(rng, glyph_side * 2) for _ in range(NUM_GLYPHS)]  # 2x, shrunk
+  offsets = [np.zeros(2)] + [rng.uniform(0.0, size, 2) for _ in range(NUM_GLYPHS - 1)]
+  background = Image.fromarray(backgrounds.dark_background(rng, size)).convert("RGBA")
   pose = motions.trajectory(class_name, rng, num_frames, size)
   frames = np.empty((num_frames, size, size, 3), np.uint8)
   masks = np.empty((num_frames, size, size), np.float32)
   for t in range(num_frames):
-    g = sprite.rotate(float(pose["angle"][t]), resample=Image.BILINEAR, expand=True)
-    side = max(1, int(round(g.width * 0.5 * float(pose["scale"][t]))))
-    g = g.resize((side, side), Image.BILINEAR)
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    x0 = int(round(float(pose["x"][t]) - side / 2.0))
-    y0 = int(round(float(pose["y"][t]) - side / 2.0))
-    for oy in (-size, 0, size):  # the frame is a torus: wrapped parts show at once
-      for ox in (-size, 0, size):
-        layer.paste(g, (x0 + ox, y0 + oy))
+    for sprite, (dx, dy) in zip(sprites, offsets):
+      g = sprite.rotate(float(pose["angle"][t]), resample=Image.BILINEAR, expand=True)
+      side = max(1, int(round(g.width * 0.5 * float(pose["scale"][t]))))
+      g = g.resize((side, side), Image.BILINEAR)
+      x0 = int(round((float(pose["x"][t]) + dx) % size - side / 2.0))
+      y0 = int(round((float(pose["y"][t]) + dy) % size - side / 2.0))
+      for oy in (-size, 0, size):  # the frame is a torus: wrapped parts show at once
+        for ox in (-size, 0, size):
+          layer.paste(g, (x0 + ox, y0 + oy), g)
     frames[t] = np.asarray(Image.alpha_composite(background, layer).convert("RGB"))
     masks[t] = np.asarray(layer.getchannel("A"), np.float32) / 255.0
   return frames, masks, pose
