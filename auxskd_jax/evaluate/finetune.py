@@ -21,6 +21,7 @@ import ml_collections
 import optax
 from absl import logging
 
+from auxskd_jax import ops
 from auxskd_jax.config import require
 from auxskd_jax.evaluate import backbone, features, multiclip, report
 from auxskd_jax.train.state import TrainState, device_key
@@ -49,10 +50,7 @@ class Finetune:
     """`total_steps` fixes the schedule's length when the loop is run in segments."""
     from auxskd_jax.train import encoder as encoder_lib
 
-    if make_clips is None:
-      from auxskd_jax import ops
-
-      make_clips = ops.make_clips
+    make_clips = make_clips or ops.make_clips
     self.config = config
     self.num_classes = int(num_classes)
     self.total_steps = total_steps

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from auxskd_jax import ops
 from auxskd_jax.config import require
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train.state import TrainState
@@ -123,10 +124,7 @@ class AuxSKD:
     """`make_clips` defaults to `ops.make_clips`; tests pass a deterministic one."""
     self.config = config
     self.section = config.auxskd
-    if make_clips is None:
-      from auxskd_jax import ops
-
-      make_clips = ops.make_clips
+    make_clips = make_clips or ops.make_clips
     self.make_clips = make_clips
     embed = config.model.embed_dim
     self.student = encoder_lib.build_encoder(
@@ -231,7 +229,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.clip.max_speed >= 2 and config.clip.num_segments >= 2, "clip.max_speed",
           "auxSKD's two clips must differ in speed and segment: max_speed and num_segments "
           "both need to be at least 2.")
-  from auxskd_jax import ops
   from auxskd_jax.train import loop
 
   ops.validate("auxskd", config)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from auxskd_jax import ops
 from auxskd_jax.config import require
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train.state import TrainState, device_key, step_metrics
@@ -37,10 +38,7 @@ class VideoPace:
                make_clips: Callable[..., tuple[jax.Array, dict]] | None = None):
     """`make_clips` defaults to `ops.make_clips`; tests may pass a deterministic one."""
     self.config = config
-    if make_clips is None:
-      from auxskd_jax import ops
-
-      make_clips = ops.make_clips
+    make_clips = make_clips or ops.make_clips
     self.make_clips = make_clips
     self.model = encoder_lib.build_encoder(config, num_classes=config.clip.max_speed,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
@@ -77,7 +75,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """VideoPace-specific checks (the shared ones run in `config.validate`)."""
   require(config.clip.max_speed >= 2, "clip.max_speed",
           "VideoPace predicts the pace: use at least 2 paces (4 in the paper).")
-  from auxskd_jax import ops
   from auxskd_jax.train import loop
 
   ops.validate("pace", config)

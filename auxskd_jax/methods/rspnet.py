@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from auxskd_jax import ops
 from auxskd_jax.config import require
 from auxskd_jax.methods import auxskd as auxskd_lib
 from auxskd_jax.train import encoder as encoder_lib
@@ -101,10 +102,7 @@ class RSPNet:
     """`make_clips` defaults to `ops.make_clips`; tests pass a deterministic one."""
     self.config = config
     self.section = config.rspnet
-    if make_clips is None:
-      from auxskd_jax import ops
-
-      make_clips = ops.make_clips
+    make_clips = make_clips or ops.make_clips
     self.make_clips = make_clips
     heads = {name: self.section.embed_dim for name in HEADS}
     self.model = encoder_lib.build_encoder(config, heads=heads,
@@ -204,7 +202,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "rspnet.weight_avid", "loss weights must be >= 0 and not both 0 (1.0 and 1.0).")
   require(s.teacher_bn in auxskd_lib.TEACHER_BN, "rspnet.teacher_bn",
           f"use one of {auxskd_lib.TEACHER_BN}.")
-  from auxskd_jax import ops
   from auxskd_jax.train import loop
 
   ops.validate("rspnet", config)

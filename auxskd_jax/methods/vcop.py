@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from auxskd_jax import ops
 from auxskd_jax.config import require
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train.state import TrainState, device_key, step_metrics
@@ -82,10 +83,7 @@ class VCOP:
     """`make_clips` defaults to `ops.make_clips`; tests may pass a deterministic one."""
     self.config = config
     section = config.get("vcop", None) or config_section()
-    if make_clips is None:
-      from auxskd_jax import ops
-
-      make_clips = ops.make_clips
+    make_clips = make_clips or ops.make_clips
     self.make_clips = make_clips
     self.model = encoder_lib.build_encoder(config,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
@@ -154,7 +152,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "vcop" in config:
     require(config.vcop.hidden > 0, "vcop.hidden", "must be positive (512 in the paper).")
     require(0.0 <= config.vcop.dropout < 1.0, "vcop.dropout", "is a rate in [0, 1) (0.5).")
-  from auxskd_jax import ops
   from auxskd_jax.train import loop
 
   ops.validate("vcop", config)

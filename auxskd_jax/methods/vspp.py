@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from auxskd_jax import ops
 from auxskd_jax.config import require
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train.state import TrainState, device_key, step_metrics
@@ -34,10 +35,7 @@ class VSPP:
                make_clips: Callable[..., tuple[jax.Array, dict]] | None = None):
     """`make_clips` defaults to `ops.make_clips`; tests may pass a deterministic one."""
     self.config = config
-    if make_clips is None:
-      from auxskd_jax import ops
-
-      make_clips = ops.make_clips
+    make_clips = make_clips or ops.make_clips
     self.make_clips = make_clips
     self.model = encoder_lib.build_encoder(
         config, heads={"linear": config.clip.max_speed,
@@ -89,7 +87,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "VSPP predicts the speed: use at least 2 speeds (4 in the paper).")
   require(config.clip.num_segments >= 2, "clip.num_segments",
           "VSPP predicts the segment: use at least 2 segments (4 in the paper).")
-  from auxskd_jax import ops
   from auxskd_jax.train import loop
 
   ops.validate("vspp", config)
