@@ -13,9 +13,7 @@ from typing import Any
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key and what to do."""
+from auxskd_jax.errors import ConfigError, require  # noqa: F401  (re-exported)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -108,12 +106,6 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   with open(path, "w") as f:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
   return path
-
-
-def require(condition: bool, key: str, message: str) -> None:
-  """Raises ConfigError for `--config.<key>` unless `condition` holds."""
-  if not condition:
-    raise ConfigError(f"--config.{key}: {message}")
 
 
 def validate_common(config: ml_collections.ConfigDict) -> None:

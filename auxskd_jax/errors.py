@@ -1,0 +1,14 @@
+"""The errors a user can cause, in a module that imports nothing, so every layer (ops, data,
+models, training) can raise them without importing the config machinery."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and what to do."""
+
+
+def require(condition: bool, key: str, message: str) -> None:
+  """Raises ConfigError for `--config.<key>` unless `condition` holds."""
+  if not condition:
+    raise ConfigError(f"--config.{key}: {message}")
