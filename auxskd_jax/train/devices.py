@@ -1,31 +1,39 @@
-"""Moving host trees onto the local devices in the layout `jax.pmap` expects.
+"""Moving host trees onto this process's devices in the layout `jax.pmap` expects.
 
+The one place that puts data on devices: the training state (`replicate` / `unreplicate`) and
+host batches (`shard_batch`, `prefetch_to_devices`). In a multi-process run every function here
+works on the LOCAL devices only: each process feeds its own slice of the global batch.
 `jax.device_put_replicated` / `device_put_sharded` are gone from newer jax, so both are built
-from `jax.device_put` with a sharding over the leading (device) axis.
+from `jax.device_put` and a pmapped identity.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
 
-
-def _sharding() -> jax.sharding.Sharding:
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("devices",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+# The pmap axis name of every step (methods, fine-tuning); `replicate` must use the same one.
+AXIS = "batch"
 
 
-def replicate(tree: Any) -> Any:
+def _local_sharding() -> jax.sharding.Sharding:
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate(tree: Any, axis_name: str = AXIS) -> Any:
   """One copy of every leaf per local device, stacked on a new leading axis.
 
-  Placed by a pmapped identity so the arrays carry exactly the sharding a pmapped step's
-  outputs have (it differs between jax versions); otherwise the step would compile twice.
+  Placed by a pmapped identity over the step's own axis name, so the arrays carry exactly the
+  sharding the step's outputs have (it differs between jax versions). Without the axis name the
+  state fed back from the first step looks new to pmap and the step is traced and compiled twice.
   """
   n = jax.local_device_count()
   stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * n), tree)
-  return jax.pmap(lambda x: x)(stacked)
+  return jax.pmap(lambda x: x, axis_name=axis_name)(stacked)
 
 
 def unreplicate(tree: Any) -> Any:
@@ -33,23 +41,40 @@ def unreplicate(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
 
 
-def shard_batch(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """Splits a host batch `[B, ...]` into `[n_local_devices, B // n, ...]` on the devices."""
-  n = jax.local_device_count()
-  sharding = _sharding()
+def shard_for_devices(batch: Any, n_local_devices: int) -> Any:
+  """Host-side reshape of every leaf's batch axis B to `[n_local_devices, B // n, ...]`."""
 
-  def put(x: np.ndarray) -> jax.Array:
+  def split(x: Any) -> np.ndarray:
     x = np.asarray(x)
-    if x.shape[0] % n:
-      raise ValueError(f"a host batch of {x.shape[0]} does not split over {n} local devices")
-    return jax.device_put(x.reshape((n, x.shape[0] // n) + x.shape[1:]), sharding)
+    if x.shape[0] % n_local_devices:
+      raise ValueError(f"a host batch of {x.shape[0]} does not split over {n_local_devices} "
+                       "local devices; make the per-process batch size a multiple of the "
+                       "local device count.")
+    return x.reshape((n_local_devices, x.shape[0] // n_local_devices) + x.shape[1:])
 
-  return {k: put(v) for k, v in batch.items()}
+  return jax.tree.map(split, batch)
 
 
-def device_key(base_key: jax.Array, step: jax.Array, axis_name: str = "batch") -> jax.Array:
-  """This device's key for this step: fold_in(fold_in(base, step), axis_index).
+def shard_batch(batch: Any) -> Any:
+  """Splits a host batch `[B, ...]` into `[n_local_devices, B // n, ...]` on the local devices.
 
-  Deriving it from the step means there is no RNG state to checkpoint and resume is exact.
+  `jax.device_put` is asynchronous: the copy overlaps whatever the devices are running.
   """
-  return jax.random.fold_in(jax.random.fold_in(base_key, step), jax.lax.axis_index(axis_name))
+  sharding = _local_sharding()
+  split = shard_for_devices(batch, jax.local_device_count())
+  return jax.tree.map(lambda x: jax.device_put(x, sharding), split)
+
+
+def prefetch_to_devices(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
+  """Yields `shard_batch(b)` for each host batch, keeping `size` transfers in flight."""
+  queue: collections.deque = collections.deque()
+  it = iter(iterator)
+  for batch in it:
+    queue.append(shard_batch(batch))
+    if len(queue) >= max(1, size):
+      break
+  while queue:
+    yield queue.popleft()
+    for batch in it:
+      queue.append(shard_batch(batch))
+      break
