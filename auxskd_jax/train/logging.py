@@ -1,14 +1,23 @@
 """Training logs: TensorBoard event files (tensorboardX, no TensorFlow), `metrics.jsonl` for
-report plots, and a periodic console line with step, loss, clips/s and ETA."""
+report plots, and a periodic console line with step, loss, clips/s and ETA.
+
+A resumed run redoes the steps after its checkpoint, so both logs drop what was written after
+it: `metrics.jsonl` is rewritten (atomically) without those rows, and TensorBoard is told to
+purge them (`purge_step`), so no step appears twice.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any, Mapping
 
 from absl import logging as absl_logging
+
+# Libraries whose INFO lines drown the progress lines (orbax logs every save and restore).
+QUIET_LIBRARIES = ("orbax",)
 
 
 class MetricLogger:
@@ -27,7 +36,12 @@ class MetricLogger:
       _truncate_after(self.path, start_step)
       from tensorboardX import SummaryWriter  # local: only runs that log need it
 
-      self._writer = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+      # Readers drop events at steps >= purge_step from earlier runs in the same logdir. The
+      # file name only has the time to the second and is opened "wb": the suffix keeps a resume
+      # in the same second (fine-tuning's segments) from overwriting the previous file.
+      self._writer = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"),
+                                   purge_step=start_step + 1 if start_step > 0 else None,
+                                   filename_suffix=f".{os.getpid()}.{start_step}")
     self._last_time = time.time()
     self._last_step = start_step
 
@@ -66,15 +80,61 @@ class MetricLogger:
 
 
 def _truncate_after(path: str, step: int) -> None:
-  """On resume, drops rows logged after the checkpoint we restart from (they will be redone)."""
+  """On resume, drops rows logged after the checkpoint we restart from (they will be redone).
+
+  A row that does not parse (the half-written last line a kill or a full disk leaves) is dropped
+  with a warning. The file is replaced atomically, so a second kill cannot lose the log.
+  """
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    rows = [line for line in f if line.strip()]
-  kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-  if len(kept) != len(rows):
-    with open(path, "w") as f:
+  with open(path, "rb") as f:
+    lines = f.read().decode("utf-8", errors="replace").splitlines()
+  kept, broken = [], 0
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      row_step = int(row.get("step", 0))
+    except (ValueError, TypeError, AttributeError):
+      broken += 1
+      continue
+    if row_step <= step:
+      kept.append(line + "\n")
+  if broken:
+    absl_logging.warning("%s: dropped %d unreadable line(s) (a run killed while writing?).",
+                         path, broken)
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
       f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _DropLibraryInfo(logging.Filter):
+  """Drops records below WARNING logged from inside the given packages (absl log records carry
+  the caller's file, so orbax's absl INFO lines are recognisable by path)."""
+
+  def __init__(self, packages: tuple[str, ...]):
+    super().__init__()
+    self._parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    return not any(part in (record.pathname or "") for part in self._parts)
+
+
+def quiet_libraries(packages: tuple[str, ...] = QUIET_LIBRARIES) -> None:
+  """Shows only warnings and errors from `packages` (their own loggers and what they send
+  through absl logging); our progress lines stay at INFO."""
+  for name in packages:
+    logging.getLogger(name).setLevel(logging.WARNING)
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _DropLibraryInfo) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropLibraryInfo(packages))
 
 
 def _hms(seconds: float) -> str:
