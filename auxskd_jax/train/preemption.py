@@ -1,0 +1,168 @@
+"""Stopping a run cleanly when it is preempted (SIGTERM) or interrupted (Ctrl-C).
+
+The loop runs inside a `PreemptionGuard` and asks it after every step:
+
+    with PreemptionGuard(sync_every=config.train.log_every) as guard:
+      for step in ...:
+        ...train step...
+        if guard.should_stop(step):
+          save a checkpoint at `step`, wait until it is written
+          raise Preempted(step, guard.reason)
+
+`main.py` turns `Preempted` into exit status `PREEMPTED_EXIT_CODE` (42): "a checkpoint was
+written; run the same command again to continue". A second Ctrl-C exits at once (status 130,
+nothing saved). Every process gets the same answer from `should_stop` at the same step, so all
+of them save the same step and stop together:
+
+- single process: the signal's flag, checked at every step;
+- several processes: a SIGTERM goes to jax's preemption service when it runs (the default once
+  `jax.distributed` is initialised; it also covers notices that reach another process only) and
+  `multihost_utils.reached_preemption_sync_point` names the step; SIGINT (and SIGTERM without
+  the service) sets a local flag that the processes OR together every `sync_every` steps.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import types
+from typing import Any
+
+from absl import logging
+
+# The exit status of a run that saved a checkpoint because it was asked to stop (SIGTERM,
+# preemption notice, first Ctrl-C). Restarting the same command resumes from that checkpoint.
+PREEMPTED_EXIT_CODE = 42
+# A second Ctrl-C kills the process at once (SIGINT's default action; shells report 130).
+INTERRUPTED_EXIT_CODE = 130
+
+_REASONS = {0: "", 1: "SIGTERM", 2: "SIGINT (Ctrl-C)", 3: "preemption notice"}
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint at `step` and stopped because it was asked to (`reason`)."""
+
+  exit_code = PREEMPTED_EXIT_CODE
+
+  def __init__(self, step: int, reason: str = ""):
+    super().__init__(f"stopped at step {step} ({reason or 'asked to stop'}); the checkpoint at "
+                     "that step resumes the run: start the same command again.")
+    self.step = int(step)
+    self.reason = reason
+
+
+def _jax_preemption_service() -> bool:
+  """Whether jax's preemption sync manager runs (multi-process, service enabled); it then owns
+  SIGTERM. Private jax state, read defensively: when it moves, the guard handles SIGTERM."""
+  try:
+    from jax._src import distributed as jax_distributed
+  except ImportError:
+    return False
+  state = getattr(jax_distributed, "global_state", None)
+  return (getattr(state, "client", None) is not None
+          and getattr(state, "preemption_sync_manager", None) is not None)
+
+
+class PreemptionGuard:
+  """Installs SIGTERM/SIGINT handlers for the `with` block and restores the old ones after.
+
+  Args:
+    sync_every: with several processes, how often (in steps) the processes compare their
+      local stop flags (a small all-gather; it waits for the steps in flight). A stop is
+      agreed at most this many steps after the signal.
+    signals: which signals to handle.
+  """
+
+  def __init__(self, *, sync_every: int = 10,
+               signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+    if sync_every < 1:
+      raise ValueError(f"sync_every must be positive, got {sync_every}")
+    self.sync_every = int(sync_every)
+    self._signals = tuple(signals)
+    self._old: dict[int, Any] = {}
+    self._code = 0  # the local reason code (_REASONS), set by the handler
+    self.stop_step: int | None = None
+    self.reason = ""
+    self._service = False
+    self._process_count = 1
+
+  # -- signals -------------------------------------------------------------------------------
+
+  def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+    del frame
+    first = self._code == 0
+    if signum == signal.SIGINT:
+      self._code = self._code or 2
+      # The next Ctrl-C kills at once, even while the main thread waits in C++ (a collective).
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+      logging.warning("Ctrl-C: saving a checkpoint at the next agreed step, then exiting (exit "
+                      "status %d). Press Ctrl-C again to exit at once without saving.",
+                      PREEMPTED_EXIT_CODE)
+    else:
+      self._code = self._code or 1
+      if first:
+        logging.warning("%s: saving a checkpoint at the next agreed step, then exiting (exit "
+                        "status %d).", signal.Signals(signum).name, PREEMPTED_EXIT_CODE)
+
+  def request_stop(self, code: int = 1) -> None:
+    """Asks for a stop as a signal would (for tests and other callers)."""
+    self._code = self._code or int(code)
+
+  @property
+  def requested(self) -> bool:
+    """Whether this process was asked to stop (not yet agreed with the others)."""
+    return self._code != 0
+
+  def __enter__(self) -> "PreemptionGuard":
+    import jax
+
+    self._process_count = jax.process_count()
+    self._service = self._process_count > 1 and _jax_preemption_service()
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("PreemptionGuard outside the main thread: no signal handlers installed.")
+      return self
+    for sig in self._signals:
+      if sig == signal.SIGTERM and self._service:
+        continue  # jax's preemption service catches SIGTERM and agrees on the step
+      self._old[sig] = signal.getsignal(sig)
+      signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    self._old.clear()
+
+  # -- agreement -----------------------------------------------------------------------------
+
+  def should_stop(self, step: int) -> bool:
+    """True at one step, the same in every process, once any process was asked to stop.
+
+    Call it after every step, in every process, with the same step numbers (the steps just
+    completed). Returns True again if asked again for the step it stopped at.
+    """
+    step = int(step)
+    if self.stop_step is not None:
+      return step >= self.stop_step
+    code = 0
+    if self._process_count == 1:
+      code = self._code
+    else:
+      if self._service:
+        from jax.experimental import multihost_utils
+        if multihost_utils.reached_preemption_sync_point(step):
+          code = 3
+      if step % self.sync_every == 0:
+        code = max(code, self._gather_max(self._code))
+    if code:
+      self.stop_step = step
+      self.reason = _REASONS.get(code, "asked to stop")
+      logging.warning("Stopping at step %d (%s).", step, self.reason)
+    return code != 0
+
+  def _gather_max(self, code: int) -> int:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    codes = multihost_utils.process_allgather(np.asarray([code], np.int32))
+    return int(np.max(np.asarray(codes)))
