@@ -8,10 +8,14 @@ Source trees mimic the official UCF101 / HMDB51 / Kinetics layouts and split lis
 from __future__ import annotations
 
 import os
+import signal
 from typing import Sequence
 
 import av
 import numpy as np
+
+# The real reader, bound at import: `read_video_or_die` replaces `decode.read_video` in tests.
+from auxskd_jax.data.decode import read_video as _read_video
 
 _ROWS, _COLS = 3, 4  # 12 bits: frame indices up to 4095
 _MAX_INDEX = 2 ** (_ROWS * _COLS) - 1
@@ -231,3 +235,40 @@ def make_frame_list_tree(root: str, num_videos: int = 4, num_classes: int = 2,
   with open(list_file, "w") as f:
     f.write("\n".join(lines) + "\n")
   return frames_dir, list_file
+
+
+def truncate_file(path: str, fraction: float) -> str:
+  """Cuts `path` to `fraction` of its bytes in place (an interrupted download or copy)."""
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[: int(len(data) * fraction)])
+  return path
+
+
+def corrupt_middle(path: str, num_bytes: int = 2000, seed: int = 0) -> str:
+  """Overwrites `num_bytes` in the middle of `path` with random bytes (a damaged disk or
+  transfer). FFmpeg decodes such a file to the end without an error but loses frames."""
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  mid = max(len(data) // 2 - num_bytes // 2, 0)
+  noise = np.random.default_rng(seed).integers(0, 256, num_bytes, dtype=np.uint8).tobytes()
+  data[mid:mid + num_bytes] = noise[: len(data) - mid]
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  return path
+
+
+CRASH_MARKER = "crash_worker"
+
+
+def read_video_or_die(path: str, size: Sequence[int] | None = (128, 171)):
+  """Test hook: `decode.read_video`, except that it kills its own process (SIGKILL, as an
+  FFmpeg segfault ends a worker) for a file whose name contains `CRASH_MARKER`.
+
+  A test monkeypatches `decode.read_video` with this; `prepare` hands the reader to its
+  worker processes with each job, so the workers run it too.
+  """
+  if CRASH_MARKER in os.path.basename(path):
+    os.kill(os.getpid(), signal.SIGKILL)
+  return _read_video(path, size)
