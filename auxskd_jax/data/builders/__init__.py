@@ -1,6 +1,8 @@
 """Dataset builders: each scans one kind of source into videos per split (no TF at import).
 
-`BUILDERS[name]` is a module with `scan(config) -> Scan` and `config_name(config) -> str`;
+`BUILDERS[name]` is a module with `scan(config) -> Scan`, `config_name(config) -> str` and
+`OPTIONS`, the config keys beside `source_dir` that change what it scans (recorded with the
+dataset, so `prepare` notices a re-run with other options);
 `tfds_writer` (which imports TensorFlow) writes the decoded videos as a TFDS dataset.
 """
 

@@ -6,6 +6,9 @@ import dataclasses
 import os
 from typing import Iterable
 
+# The TFDS version directory prepared datasets are written to (`<data_dir>/<builder>/<config>/`).
+DATASET_VERSION = "1.0.0"
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 
 

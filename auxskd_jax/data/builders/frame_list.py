@@ -14,6 +14,9 @@ import ml_collections
 from auxskd_jax.data.builders.common import Scan, VideoItem, require_dir
 
 
+OPTIONS = ("list_files", "class_names_file")  # config keys that shape the scan (see builders/__init__.py)
+
+
 def config_name(config: ml_collections.ConfigDict) -> str:
   return "default"
 

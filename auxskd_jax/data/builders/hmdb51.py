@@ -12,6 +12,9 @@ from auxskd_jax.data.builders.common import Scan, VideoItem, list_videos, requir
 from auxskd_jax.data.builders.common import video_id as make_id
 
 
+OPTIONS = ("splits_dir", "split")  # config keys that shape the scan (see builders/__init__.py)
+
+
 def config_name(config: ml_collections.ConfigDict) -> str:
   return f"split{int(config.split)}"
 

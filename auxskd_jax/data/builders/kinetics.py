@@ -38,6 +38,9 @@ def normalize(name: str) -> str:
   return name.strip().replace(" ", "_").replace('"', "").replace("'", "").lower()
 
 
+OPTIONS = ("subset",)  # config keys that shape the scan (see builders/__init__.py)
+
+
 def config_name(config: ml_collections.ConfigDict) -> str:
   return config.subset
 

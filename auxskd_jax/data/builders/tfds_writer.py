@@ -1,19 +1,19 @@
 """Writes decoded videos as a TFDS dataset in `array_record` format (this module imports TF).
 
 All our builders share one TFDS builder class: what differs between UCF101, HMDB51, Kinetics,
-folders and frame lists is only how the source is scanned (see `sources.py`), so the TFDS side
+folders and frame lists is only how the source is scanned (the builder modules), so the TFDS side
 is a generic writer fed from the per-video decode cache.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-VERSION = "1.0.0"
+from auxskd_jax.data.builders.common import DATASET_VERSION as VERSION
 
 
 def _features(class_names: Sequence[str] | None) -> tfds.features.FeaturesDict:
@@ -50,10 +50,14 @@ def _examples(cache_files: Sequence[str], labelled: bool) -> Iterator[tuple[str,
 
 def write_dataset(data_dir: str, name: str, config_name: str, description: str,
                   class_names: Sequence[str] | None,
-                  splits: dict[str, Sequence[str]]) -> str:
+                  splits: dict[str, Sequence[str]],
+                  metadata: dict[str, Any] | None = None) -> str:
   """Builds `<data_dir>/<name>/<config_name>/<VERSION>/` from decode-cache files per split.
 
-  Returns the dataset directory. An existing complete dataset is left as it is (TFDS skips it).
+  `metadata` (JSON) is stored as the dataset's `metadata.json`, written with the rest of the
+  dataset in one step (TFDS builds in a temporary folder and renames it). Returns the dataset
+  directory. An existing complete dataset is left as it is (TFDS skips it): `prepare` checks
+  its recorded options first and deletes it when it must be rebuilt.
   """
 
   class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -64,7 +68,8 @@ def write_dataset(data_dir: str, name: str, config_name: str, description: str,
 
     def _info(self) -> tfds.core.DatasetInfo:
       return self.dataset_info_from_configs(
-          description=description, features=_features(class_names))
+          description=description, features=_features(class_names),
+          metadata=tfds.core.MetadataDict(metadata or {}))
 
     def _split_generators(self, dl_manager):
       del dl_manager

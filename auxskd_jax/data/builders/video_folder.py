@@ -14,6 +14,9 @@ from auxskd_jax.data.builders.common import (Scan, VideoItem, list_dirs, list_vi
 from auxskd_jax.data.builders.common import video_id as make_id
 
 
+OPTIONS = ("labelled",)  # config keys that shape the scan (see builders/__init__.py)
+
+
 def config_name(config: ml_collections.ConfigDict) -> str:
   return "labelled" if config.labelled else "unlabelled"
 
