@@ -5,6 +5,7 @@
 Builders: ucf101, hmdb51 (split 1-3 + official lists), kinetics (subset k100 or all),
 video_folder (labelled from class folders, or unlabelled), frame_list (the reference's JPEG
 frame folders + list files). The last line printed is the path of prepare_report.json.
+docs/DATA.md explains what is kept, skipped and reported, and when a dataset is rebuilt.
 """
 
 import ml_collections
@@ -27,5 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.resize = (128, 171)  # (height, width) of stored frames; () keeps the source size
   c.jpeg_quality = 90
   c.workers = 0  # decoding processes; 0 = every core
+  # A video that decodes fewer than this fraction of the frames its container declares
+  # (truncated, damaged) is skipped; one at or above it is kept with the frames that decoded.
+  # Both are listed in prepare_report.json ("short"). 0 keeps all, 1 skips any shortfall.
+  c.min_frame_fraction = 0.9
+  # An existing dataset prepared with other options (resize, jpeg_quality, builder options,
+  # source, ...) is refused; True deletes and rebuilds it.
+  c.overwrite = False
   c.cache_dir = ""  # per-video decode cache; default <data_dir>/_prepare_cache/<builder>/<config>
   return c

@@ -65,8 +65,8 @@ def test_resume_reuses_decoded_videos(tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     prepare.run(config, "")
   calls = []
-  real_decode = decode.decode_video
-  monkeypatch.setattr(decode, "decode_video", lambda *a: calls.append(a) or real_decode(*a))
+  real_read = decode.read_video
+  monkeypatch.setattr(decode, "read_video", lambda *a: calls.append(a) or real_read(*a))
   monkeypatch.setattr(tfds_writer, "write_dataset", real_write)
   report = prepare.run(config, "")
   assert calls == [] and report["written"] == {"train": 6, "test": 3}
