@@ -37,6 +37,12 @@ REPORT_FILE = "prepare_report.json"
 FORMAT = 2
 # How many short / skipped videos the console summary names (the report lists all).
 _SHOWN = 5
+# Defaults of keys newer than some hand-built configs (the demo's); configs/prepare.py has them.
+_DEFAULTS = {"min_frame_fraction": 0.9, "overwrite": False}
+
+
+def _option(config: ml_collections.ConfigDict, key: str) -> Any:
+  return config.get(key, _DEFAULTS[key])
 
 # (item, cache file or None, reason, meta or None); meta: height, width, fps, num_frames,
 # declared_frames, error (see decode.DecodedVideo).
@@ -53,7 +59,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "resize", "use (height, width), e.g. (128, 171), or () to keep the source size.")
   require(1 <= int(config.jpeg_quality) <= 100, "jpeg_quality", "must be in 1..100.")
   require(int(config.workers) >= 0, "workers", "0 uses every core; else a positive count.")
-  require(0.0 <= float(config.min_frame_fraction) <= 1.0, "min_frame_fraction",
+  require(0.0 <= float(_option(config, "min_frame_fraction")) <= 1.0, "min_frame_fraction",
           "is a fraction in [0, 1] (0 keeps every partly decodable video, 1 none).")
   if config.builder in ("ucf101", "hmdb51"):
     require(int(config.split) in (1, 2, 3), "split", "UCF101/HMDB51 have official splits 1, 2, 3.")
@@ -82,7 +88,7 @@ def data_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "format": FORMAT, "builder": config.builder, "source_dir": _abs(config.source_dir),
       "resize": [int(x) for x in config.resize] if config.resize else None,
       "jpeg_quality": int(config.jpeg_quality),
-      "min_frame_fraction": float(config.min_frame_fraction),
+      "min_frame_fraction": float(_option(config, "min_frame_fraction")),
   }
   for key in builder.OPTIONS:
     value = config[key]
@@ -341,7 +347,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     changed = _differences(previous, options)
     if not changed and os.path.isfile(report_path):
       return _reuse(dataset_dir, report_path)
-    if changed and not config.overwrite:
+    if changed and not _option(config, "overwrite"):
       raise ConfigError(
           f"--config.overwrite: {name} in {dataset_dir} was prepared with other options ("
           + "; ".join(changed) + "). Pass --config.overwrite=True to rebuild it (the old one is "
@@ -356,7 +362,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"decoding with {workers} worker(s)", file=sys.stderr)
   from tqdm import tqdm
 
-  min_fraction = float(config.min_frame_fraction)
+  min_fraction = float(_option(config, "min_frame_fraction"))
   jobs = [(item, cache_dir, resize, int(config.jpeg_quality), decode.read_video)
           for item in scan.items]
   results = []
