@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -92,6 +93,29 @@ def wait(procs: Sequence[subprocess.Popen], timeout: float = 180) -> list[Result
 def run(code: str, num_processes: int, *, timeout: float = 180, **kwargs) -> list[Result]:
   """`launch` then `wait`."""
   return wait(launch(code, num_processes, **kwargs), timeout=timeout)
+
+
+def read_until(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> list[str]:
+  """Reads `proc`'s stdout line by line until a line starts with `prefix` (returns the lines
+  read); raises AssertionError at EOF or after `timeout` seconds."""
+  deadline = time.monotonic() + timeout
+  lines: list[str] = []
+  while True:
+    left = deadline - time.monotonic()
+    if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+      raise AssertionError(f"no line starting {prefix!r} within {timeout} s: {lines}")
+    line = proc.stdout.readline()
+    if not line:
+      raise AssertionError(f"the process ended (rc={proc.poll()}) before {prefix!r}: {lines}")
+    lines.append(line.rstrip("\n"))
+    if line.startswith(prefix):
+      return lines
+
+
+def kill(procs: Sequence[subprocess.Popen]) -> None:
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
 
 
 def send(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
