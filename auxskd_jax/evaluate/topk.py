@@ -1,4 +1,4 @@
-"""Nearest-neighbour top-k accuracy by cosine similarity, computed on device.
+"""Nearest-neighbour top-k retrieval accuracy and k-NN classification (cosine), on device.
 
 Kept apart from the retrieval task so the maths can be tested and reused without models or
 data. Queries are processed in fixed-size chunks (padded, so one compilation serves every
@@ -8,7 +8,7 @@ so the full UCF101 (3.7k queries x 9.5k gallery) fits on any device.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,32 +62,90 @@ def topk_accuracy(query_features: np.ndarray | jax.Array, query_labels: np.ndarr
   g = jnp.asarray(gallery_features, jnp.float32)
   ql = jnp.asarray(query_labels, jnp.int32)
   gl = jnp.asarray(gallery_labels, jnp.int32)
-  if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-    raise ValueError(f"topk_accuracy: features must be [Q, D] and [G, D] with the same D; got "
-                     f"{q.shape} and {g.shape}.")
-  if ql.shape != (q.shape[0],) or gl.shape != (g.shape[0],):
-    raise ValueError(f"topk_accuracy: labels must be [Q] and [G]; got {ql.shape} for {q.shape[0]} "
-                     f"queries and {gl.shape} for {g.shape[0]} gallery items.")
+  _check(q, ql, g, gl, "topk_accuracy")
   ks = tuple(int(k) for k in ks)
   if not ks or min(ks) < 1:
     raise ValueError(f"topk_accuracy: ks must be positive integers; got {ks}.")
-  if g.shape[0] == 0:
-    raise ValueError("topk_accuracy: the gallery is empty; there is nothing to retrieve.")
-  num_queries = q.shape[0]
-  if num_queries == 0:
-    raise ValueError("topk_accuracy: there are no queries.")
   clipped = tuple(min(k, g.shape[0]) for k in ks)
   kmax = max(clipped)
   q, g = _normalize(q), _normalize(g)
+  hits = _chunked(lambda qc, lc: _chunk_hits_jit(qc, lc, g, gl, kmax=kmax, ks=clipped), q, ql,
+                  chunk_size)
+  accuracy = np.asarray(jax.device_get(hits.mean(axis=0)), np.float64)
+  return {k: float(a) for k, a in zip(ks, accuracy)}
+
+
+def _chunked(fn: Callable[[jax.Array, jax.Array], jax.Array], q: jax.Array, ql: jax.Array, chunk_size: int) -> jax.Array:
+  """`fn(query_chunk, label_chunk)` over fixed-size chunks of the queries, concatenated.
+
+  The last chunk is padded so every call has one shape (one compilation); its padding rows are
+  dropped from the result.
+  """
+  num_queries = q.shape[0]
   chunk = max(1, min(chunk_size, num_queries))
-  hits = []
+  out = []
   for lo in range(0, num_queries, chunk):
     qc, lc = q[lo:lo + chunk], ql[lo:lo + chunk]
     n = qc.shape[0]
-    if n < chunk:  # pad the last chunk so every call has one shape (one compilation)
+    if n < chunk:
       qc = jnp.pad(qc, ((0, chunk - n), (0, 0)))
       lc = jnp.pad(lc, (0, chunk - n))
-    hits.append(_chunk_hits_jit(qc, lc, g, gl, kmax=kmax, ks=clipped)[:n])
-  accuracy = jnp.concatenate(hits, axis=0).mean(axis=0)
-  accuracy = np.asarray(jax.device_get(accuracy), np.float64)
-  return {k: float(a) for k, a in zip(ks, accuracy)}
+    out.append(fn(qc, lc)[:n])
+  return jnp.concatenate(out, axis=0)
+
+
+def _check(q: jax.Array, ql: jax.Array, g: jax.Array, gl: jax.Array, who: str) -> None:
+  if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+    raise ValueError(f"{who}: features must be [Q, D] and [G, D] with the same D; got "
+                     f"{q.shape} and {g.shape}.")
+  if ql.shape != (q.shape[0],) or gl.shape != (g.shape[0],):
+    raise ValueError(f"{who}: labels must be [Q] and [G]; got {ql.shape} for {q.shape[0]} "
+                     f"queries and {gl.shape} for {g.shape[0]} gallery items.")
+  if g.shape[0] == 0:
+    raise ValueError(f"{who}: the gallery is empty; there is nothing to retrieve.")
+  if q.shape[0] == 0:
+    raise ValueError(f"{who}: there are no queries.")
+
+
+def _chunk_knn(queries: jax.Array, query_labels: jax.Array, gallery: jax.Array,
+               gallery_labels: jax.Array, k: int, temperature: float,
+               num_classes: int) -> jax.Array:
+  """`[chunk]` booleans: is the k-NN vote's class the query's class."""
+  sims = queries @ gallery.T
+  top_sims, nearest = jax.lax.top_k(sims, k)
+  if temperature > 0:  # relative to the nearest: the same vote, no overflow at small T
+    weights = jnp.exp((top_sims - top_sims[:, :1]) / temperature)
+  else:
+    weights = jnp.ones_like(top_sims)
+  votes = jnp.einsum("qk,qkc->qc", weights, jax.nn.one_hot(gallery_labels[nearest], num_classes))
+  return jnp.argmax(votes, axis=-1) == query_labels  # argmax: ties go to the lower class
+
+
+_chunk_knn_jit = jax.jit(_chunk_knn, static_argnames=("k", "temperature", "num_classes"))
+
+
+def knn_accuracy(query_features: np.ndarray | jax.Array, query_labels: np.ndarray | jax.Array,
+                 gallery_features: np.ndarray | jax.Array,
+                 gallery_labels: np.ndarray | jax.Array, *, k: int = 20,
+                 temperature: float = 0.07, chunk_size: int = 1024) -> float:
+  """Top-1 accuracy of a k-nearest-neighbour classifier (cosine similarity), as SSL papers
+  monitor representations (Wu et al. 2018, "instance discrimination"; DINO's `eval_knn`).
+
+  Each of the k most similar gallery items votes for its class with weight
+  `exp(cosine / temperature)`; `temperature=0` gives every neighbour weight 1 (a majority vote).
+  The class with the largest vote wins; ties go to the lower class index. `k` above the gallery
+  size is clipped to it.
+  """
+  q = jnp.asarray(query_features, jnp.float32)
+  g = jnp.asarray(gallery_features, jnp.float32)
+  ql = jnp.asarray(query_labels, jnp.int32)
+  gl = jnp.asarray(gallery_labels, jnp.int32)
+  _check(q, ql, g, gl, "knn_accuracy")
+  if int(k) < 1 or temperature < 0:
+    raise ValueError(f"knn_accuracy: needs k >= 1 and temperature >= 0; got {k}, {temperature}.")
+  num_classes = int(max(int(jnp.max(gl)), int(jnp.max(ql)))) + 1
+  q, g = _normalize(q), _normalize(g)
+  correct = _chunked(lambda qc, lc: _chunk_knn_jit(qc, lc, g, gl, k=min(int(k), g.shape[0]),
+                                                   temperature=float(temperature),
+                                                   num_classes=num_classes), q, ql, chunk_size)
+  return float(jax.device_get(correct.astype(jnp.float32).mean()))
