@@ -1,4 +1,5 @@
-"""Feature extraction: padding masked, order kept, and the 10 uniformly spaced eval clips."""
+"""Feature extraction: padding masked, order kept, subsets, clip means, and the 10 uniformly
+spaced eval clips."""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -32,39 +33,46 @@ def _config(clips=3):
   return c
 
 
-def _index_batch(indices, starts, num_frames, window=8, mask=None):
-  """Windows whose frame j of view v has every pixel = (start + j) % num_frames."""
-  b, v = starts.shape
-  frames = (starts[..., None] + np.arange(window)) % num_frames[:, None, None]  # [B, V, W]
-  windows = np.broadcast_to(frames[..., None, None, None], (b, v, window, 10, 12, 3))
-  return {"windows": windows.astype(np.uint8), "num_frames": num_frames.astype(np.int32),
-          "label": (indices % 3).astype(np.int32), "index": indices.astype(np.int32),
-          "starts": starts.astype(np.int32),
-          "mask": np.ones(b, bool) if mask is None else mask}
+_HEAD = {"params": {"linear": {"kernel": jnp.eye(8), "bias": jnp.zeros(8)}}, "batch_stats": {}}
 
 
-def test_run_batches_drops_padding_keeps_everything_else():
-  config = _config()
-  model = FrameMeans()
-  variables = {"params": {"linear": {"kernel": jnp.eye(8), "bias": jnp.zeros(8)}},
-               "batch_stats": {}}
-  rng = np.random.default_rng(0)
-  nf = rng.integers(20, 60, 7)
-  starts = rng.integers(0, 50, (7, 3))
-  # 7 videos in host batches of 3: the last holds one real video and two masked padding rows,
-  # and batches of 3 do not split over 4 devices, so run_batches pads them too.
-  b1 = _index_batch(np.arange(3), starts[:3], nf[:3])
-  b2 = _index_batch(np.arange(3, 6), starts[3:6], nf[3:6])
-  last = _index_batch(np.array([6, 0, 0]), np.concatenate([starts[6:], starts[:2]]),
-                      np.concatenate([nf[6:], nf[:2]]), mask=np.array([True, False, False]))
-  fwd = features.make_forward(model, config, with_logits=True)
-  out = features.run_batches(fwd, variables, [b1, b2, last])
-  assert out["features"].shape == (7, 3, 8) and out["logits"].shape == (7, 3, 8)
-  np.testing.assert_array_equal(out["index"], np.arange(7))
-  expected = (starts[:, :, None] + np.arange(8)) % nf[:, None, None]
-  np.testing.assert_allclose(out["features"], expected, atol=1e-4)
-  np.testing.assert_allclose(out["logits"], out["features"], atol=1e-4)
-  np.testing.assert_array_equal(out["starts"], starts)
+def test_padding_dropped_order_kept_subset_and_clip_mean(tiny_prepared):
+  from auxskd_jax import data
+
+  data_dir, name = tiny_prepared
+  source = data.open_split(data_dir, name, "train")  # 12 videos
+  config = _config(clips=3)
+  ex = features.Extractor(FrameMeans(), config, with_logits=True)
+  # Batches of 4 split evenly over the 4 devices; batches of 5 do not (the extractor pads each
+  # to 8 rows) and the last holds 2 videos and 3 of the loader's masked padding rows.
+  even = ex(_HEAD, source, batch_size=4)
+  odd = ex(_HEAD, source, batch_size=5)
+  assert even["features"].shape == (12, 3, 8) and even["logits"].shape == (12, 3, 8)
+  for out in (even, odd):
+    np.testing.assert_array_equal(out["index"], np.arange(12))
+    np.testing.assert_array_equal(out["labels"], [source.label(i) for i in range(12)])
+  for k in ("features", "logits", "starts"):
+    np.testing.assert_array_equal(odd[k], even[k])
+  np.testing.assert_allclose(even["logits"], even["features"], atol=1e-4)  # identity head
+  # A subset reads the same videos; `clip_mean` averages their clips on the device.
+  part = features.subset(source, 5)
+  assert len(part) == 5 and features.subset(source, 12) is source
+  picked = part.indices
+  assert picked[0] == 0 and picked[-1] == 11
+  mean = features.Extractor(FrameMeans(), config, clip_mean=True)(_HEAD, part, batch_size=4)
+  assert mean["features"].shape == (5, 1, 8)
+  np.testing.assert_allclose(mean["features"][:, 0], even["features"][picked].mean(axis=1),
+                             atol=1e-4)
+  np.testing.assert_array_equal(mean["labels"], even["labels"][picked])
+
+
+def test_extractor_refuses_logits_from_another_layer():
+  import pytest
+
+  with pytest.raises(ValueError, match="feature_layer='pool'"):
+    features.Extractor(FrameMeans(), _config(), with_logits=True, feature_layer="conv5_maxpool")
+  with pytest.raises(ValueError, match="eval.feature_layer"):
+    features.Extractor(FrameMeans(), _config(), feature_layer="conv4")
 
 
 def test_ten_uniformly_spaced_clips_per_video(tiny_prepared):
@@ -75,8 +83,7 @@ def test_ten_uniformly_spaced_clips_per_video(tiny_prepared):
   config = _config(clips=10)
   config.eval.batch_size = 4  # 6 test videos: the second batch is padded
   ex = features.Extractor(FrameMeans(), config)
-  out = ex({"params": {"linear": {"kernel": jnp.eye(8), "bias": jnp.zeros(8)}},
-            "batch_stats": {}}, source)
+  out = ex(_HEAD, source)
   assert out["features"].shape == (len(source), 10, 8)
   np.testing.assert_array_equal(out["index"], np.arange(len(source)))
   for i, starts in enumerate(out["starts"]):

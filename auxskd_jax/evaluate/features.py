@@ -9,36 +9,47 @@ returned, so every video is counted exactly once.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
+from auxskd_jax import data, ops
+# Feature layers a backbone returns with `features_only=True, feature_layer=...`:
+# 'pool': the last stage globally average-pooled (512-d at width 64; SPEC section 8);
+# 'conv5_maxpool': the last stage max-pooled with kernel and stride (1, 2, 2) and flattened,
+# the features of the VCOP retrieval protocol (9216-d for R(2+1)D at 16x112x112).
+from auxskd_jax.models import FEATURE_LAYERS
 from auxskd_jax.train import devices
 
 
-def make_forward(model: nn.Module, config: ml_collections.ConfigDict, *,
-                 with_logits: bool) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
+def _forward(model: nn.Module, config: ml_collections.ConfigDict, *, with_logits: bool,
+             feature_layer: str, clip_mean: bool
+             ) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
   """The per-device function: a batch of videos -> features `[b, E, D]` (+ logits `[b, E, C]`).
 
   Logits are the `linear` head applied to the same pooled features (one backbone pass), which
-  is what the model's own head computes.
+  is what the model's own head computes. `clip_mean` averages the E clips on the device and
+  returns `[b, 1, D]` (wide layers such as conv5_maxpool would otherwise fill host memory).
   """
-  from auxskd_jax import ops  # local: keeps this module importable while ops is absent
+  # The keyword is passed only for another layer than the model's default, so backbones (and
+  # test stand-ins) that do not know it still serve 'pool'.
+  layer_kwargs = {} if feature_layer == "pool" else {"feature_layer": feature_layer}
 
   def forward(variables: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     clips, _ = ops.make_clips("eval", jax.random.PRNGKey(0), batch, config, train=False)
     b, e = clips.shape[:2]
     flat = clips.reshape((b * e,) + clips.shape[2:])
-    feats = model.apply(variables, flat, train=False, features_only=True)
-    out = {"features": feats.reshape(b, e, -1).astype(jnp.float32)}
+    feats = model.apply(variables, flat, train=False, features_only=True, **layer_kwargs)
+    feats = feats.reshape(b, e, -1).astype(jnp.float32)
+    out = {"features": feats.mean(axis=1, keepdims=True) if clip_mean else feats}
     if with_logits:
       head = variables["params"]["linear"]
-      logits = feats.astype(jnp.float32) @ head["kernel"] + head["bias"]
-      out["logits"] = logits.reshape(b, e, -1)
+      out["logits"] = feats @ head["kernel"] + head["bias"]
     return out
 
   return forward
@@ -56,14 +67,9 @@ def _pad_rows(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarr
           for k, v in batch.items()}
 
 
-def run_batches(forward: Callable, variables: Any,
-                batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """pmaps `forward` over host batches; returns the unpadded outputs plus label/index/starts."""
-  return _run(jax.pmap(forward, axis_name="batch"), variables, batches)
-
-
 def _run(step: Callable, variables: Any,
          batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Runs the pmapped `step` over host batches; the unpadded outputs plus label/index/starts."""
   n_dev = jax.local_device_count()
   replicated = devices.replicate(variables)
   outputs: dict[str, list[np.ndarray]] = {}
@@ -82,15 +88,17 @@ def _run(step: Callable, variables: Any,
 
 
 def _gather_processes(result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """With several hosts each holds its shard of videos: gather all, in split order."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+  """With several hosts each holds its shard of videos: gather all, in split order.
 
+  Shards may differ in length by one video; each is padded to the longest with index -1 rows,
+  which are dropped after the gather. Every process returns the whole split.
+  """
+  if jax.process_count() > 1:
     n = len(result["index"])
     most = int(np.max(multihost_utils.process_allgather(np.array([n]))))
     padded = {k: np.concatenate([v, np.full((most - n,) + v.shape[1:], -1, v.dtype)])
               for k, v in result.items()}
-    gathered = multihost_utils.process_allgather(padded)
+    gathered = multihost_utils.process_allgather(padded)  # each [processes, most, ...]
     result = {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in gathered.items()}
     valid = result["index"] >= 0
     result = {k: v[valid] for k, v in result.items()}
@@ -99,13 +107,25 @@ def _gather_processes(result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class Extractor:
-  """Feature extraction with one pmapped forward, compiled once and reused for every split
-  (and every clip count: the number of clips comes from the batch's shape)."""
+  """Feature extraction with one pmapped forward, built once and reused for every split and
+  every call (jax compiles it once per batch shape: clip count and batch size)."""
 
   def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, *,
-               with_logits: bool = False):
+               with_logits: bool = False, feature_layer: str = "pool", clip_mean: bool = False):
+    """`model`: a `models.build` backbone (of its heads only `linear` is used, `with_logits`);
+    `feature_layer`: one of FEATURE_LAYERS; `clip_mean`: return each video's mean clip feature
+    as `features [N, 1, D]` (averaged on the device)."""
+    if feature_layer not in FEATURE_LAYERS:
+      raise ValueError(f"feature_layer {feature_layer!r}: use one of {FEATURE_LAYERS} "
+                       "(--config.eval.feature_layer).")
+    if with_logits and feature_layer != "pool":
+      raise ValueError("logits come from the pooled features: with_logits needs "
+                       f"feature_layer='pool', not {feature_layer!r}.")
     self.model, self.config, self.with_logits = model, config, with_logits
-    self._step = jax.pmap(make_forward(model, config, with_logits=with_logits), axis_name="batch")
+    self.feature_layer, self.clip_mean = feature_layer, clip_mean
+    self._step = jax.pmap(_forward(model, config, with_logits=with_logits,
+                                   feature_layer=feature_layer, clip_mean=clip_mean),
+                          axis_name="batch")
 
   def __call__(self, variables: Any, source: Any, *, num_clips: int | None = None,
                batch_size: int | None = None) -> dict[str, np.ndarray]:
@@ -113,17 +133,16 @@ class Extractor:
 
     Args:
       variables: the model's `{'params', 'batch_stats'}` (unreplicated).
-      source: a `data.open_split(...)` VideoSource.
+      source: a `data.open_split(...)` VideoSource (or a `subset` of one).
       num_clips: clips per video (default `config.clip.eval_clips`).
       batch_size: videos per host batch (default `config.eval.batch_size`).
 
     Returns:
-      numpy arrays in split order: `features [N, E, D]`, `labels [N]`, `index [N]`,
-      `starts [N, E]` (first frame of each clip's window), and `logits [N, E, C]` if the
-      extractor was made `with_logits` (the `linear` head's per-clip logits).
+      numpy arrays in split order: `features [N, E, D]` (`[N, 1, D]` with `clip_mean`),
+      `labels [N]`, `index [N]`, `starts [N, E]` (first frame of each clip's window), and
+      `logits [N, E, C]` if the extractor was made `with_logits` (the `linear` head's per-clip
+      logits).
     """
-    from auxskd_jax import data, ops
-
     config = self.config
     e = int(num_clips or config.clip.eval_clips)
     if self.with_logits and "linear" not in variables["params"]:
@@ -140,12 +159,50 @@ class Extractor:
     return _gather_processes(result)
 
 
-def extract(model: nn.Module, variables: Any, source: Any, config: ml_collections.ConfigDict, *,
-            with_logits: bool = False, num_clips: int | None = None,
-            batch_size: int | None = None) -> dict[str, np.ndarray]:
-  """One-off `Extractor(model, config, with_logits=...)(variables, source, ...)`."""
-  return Extractor(model, config, with_logits=with_logits)(
-      variables, source, num_clips=num_clips, batch_size=batch_size)
+class Subset:
+  """Videos `indices` of a VideoSource as a source of their own (the loader reads `len`,
+  `record` and `frame_shape`; evaluations read `label` and `num_classes`)."""
+
+  def __init__(self, source: Any, indices: Sequence[int]):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+    self.num_classes = source.num_classes
+    self.class_names = source.class_names
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __repr__(self) -> str:
+    return f"Subset({self.source!r}, {len(self)} videos)"
+
+  @property
+  def frame_shape(self) -> tuple[int, int]:
+    return self.source.frame_shape
+
+  def record(self, i: int) -> dict[str, Any]:
+    return self.source.record(int(self.indices[i]))
+
+  def num_frames(self, i: int) -> int:
+    return self.source.num_frames(int(self.indices[i]))
+
+  def label(self, i: int) -> int:
+    return self.source.label(int(self.indices[i]))
+
+  def video_id(self, i: int) -> str:
+    return self.source.video_id(int(self.indices[i]))
+
+  def read_frames(self, i: int, indices: Sequence[int]) -> np.ndarray:
+    return self.source.read_frames(int(self.indices[i]), indices)
+
+
+def subset(source: Any, max_videos: int) -> Any:
+  """At most `max_videos` videos of `source`, evenly spaced over the split (UCF101 and HMDB51
+  lists are grouped by class, so every class keeps its share); `source` itself when it is no
+  larger or `max_videos <= 0`."""
+  n = len(source)
+  if max_videos <= 0 or n <= max_videos:
+    return source
+  return Subset(source, np.round(np.linspace(0, n - 1, int(max_videos))).astype(np.int64))
 
 
 def video_features(result: dict[str, np.ndarray]) -> np.ndarray:
