@@ -78,3 +78,19 @@ def test_plots(tmp_path):
   empty.write_text("")
   assert report.plot_training_curves(str(empty), str(tmp_path / "none.png")) is None
   assert not os.path.exists(tmp_path / "none.png")
+
+
+def test_training_series_keeps_evaluator_rows_apart(tmp_path):
+  rows = [{"step": 10, "split": "train", "loss": 2.0, "epoch": 0.5},
+          {"step": 20, "split": "train", "loss": 1.5, "epoch": 1.0},
+          {"step": 20, "split": "val", "clip_top1": 0.4, "loss": 1.9},
+          {"step": 20, "split": "knn", "top1": 0.3},
+          {"step": 30, "loss": 1.2}]  # no split: training
+  series = report.training_series(rows)
+  assert series["loss"] == [(10, 2.0), (20, 1.5), (30, 1.2)]
+  assert series["val/loss"] == [(20, 1.9)] and series["val/clip_top1"] == [(20, 0.4)]
+  assert series["knn/top1"] == [(20, 0.3)]
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert report.plot_training_curves(str(metrics), str(tmp_path / "c.png"),
+                                     keys=["val/clip_top1", "absent"])

@@ -171,25 +171,47 @@ def read_metrics(metrics_jsonl: str) -> list[dict[str, Any]]:
   return rows
 
 
+def _series_name(split: str, key: str) -> str:
+  """A metric's panel title: training metrics as logged, an evaluator's as `<split>/<key>`
+  (so fine-tuning's `val/loss` and the training `loss` stay apart)."""
+  if split == "train" or "/" in key:
+    return key
+  return f"{split}/{key}"
+
+
+def training_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+  """`{name: [(step, value), ...]}` of every numeric metric in metrics.jsonl rows, in order.
+
+  Rows are `{"step", "split", **metrics}` as `train.logging.MetricLogger` writes them: `split`
+  is "train" or the evaluator's name (`val`, `knn`, ...); a row without one is training.
+  """
+  series: dict[str, list[tuple[int, float]]] = {}
+  for r in rows:
+    if "step" not in r:
+      continue
+    split = str(r.get("split", "train"))
+    for k, v in r.items():
+      if k in ("step", "split") or isinstance(v, bool) or not isinstance(v, (int, float)):
+        continue
+      series.setdefault(_series_name(split, k), []).append((r["step"], v))
+  return series
+
+
 def plot_training_curves(metrics_jsonl: str, path: str,
                          keys: Sequence[str] | None = None) -> str | None:
-  """PNG of every numeric metric against step from the loop's metrics.jsonl, one panel each.
+  """PNG of every numeric metric against step from the loop's metrics.jsonl, one panel each
+  (names as `training_series` gives them, e.g. `loss`, `val/clip_top1`, `knn/top1`).
 
   Returns None (and writes nothing) when the file has no numeric metrics to plot.
   """
-  rows = [r for r in read_metrics(metrics_jsonl) if "step" in r]
-  if keys is None:
-    keys = []
-    for r in rows:
-      for k, v in r.items():
-        if k != "step" and isinstance(v, (int, float)) and k not in keys:
-          keys.append(k)
-  if not rows or not keys:
+  series = training_series(read_metrics(metrics_jsonl))
+  keys = [k for k in (list(series) if keys is None else keys) if series.get(k)]
+  if not keys:
     return None
   plt = _pyplot()
   fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), squeeze=False)
   for ax, key in zip(axes[:, 0], keys):
-    points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    points = series[key]
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else "")
     ax.set_ylabel(key)
     ax.grid(True, alpha=0.3)

@@ -1,0 +1,286 @@
+"""Evaluations built from the config and run inside the training loop (as big_vision does).
+
+An evaluator is built once, before training (datasets opened, labels checked, the feature
+extractor's pmapped forward built, so it compiles on its first call only), and is called by
+`train.loop.fit(..., evaluators=[...])` every `every_steps` steps and at the last step:
+
+    metrics = evaluator(variables, step)   # on every process; process 0 logs them
+
+with `variables = {'params', 'batch_stats'}` of the backbone with its heads (host numpy,
+unreplicated). Metrics are logged under the evaluator's `name` (TensorBoard `knn/top1`,
+metrics.jsonl rows `{"step", "split": "knn", "top1", ...}`).
+
+Registered evaluators (`config.evaluators = ('knn',)` lists them; `build_evaluators` builds them):
+- `val` (`FinetuneValidation`): fine-tuning's clip-level validation, `clip_top1` and `loss`.
+- `knn` (`KnnMonitor`): during pretraining, k-NN top-1 on frozen features of a labelled set
+  (`config.eval.knn`, defaults `knn_section()`), the curve that shows pretraining is working.
+- `retrieval` (`Retrieval`): the retrieval protocol's top-k (the stand-alone `retrieval` task
+  runs the same code).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from auxskd_jax import data
+from auxskd_jax.config import ConfigError, require
+from auxskd_jax.evaluate import backbone, features, multiclip
+from auxskd_jax.evaluate.topk import DEFAULT_KS, knn_accuracy, topk_accuracy
+from auxskd_jax.train import encoder as encoder_lib
+
+
+class Evaluator(Protocol):
+  name: str  # the log prefix
+  every_steps: int  # the loop calls it every that many steps, and at the last step
+
+  def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
+    ...
+
+
+def knn_section() -> ml_collections.ConfigDict:
+  """Defaults of `config.eval.knn`, the k-NN monitor of pretraining (evaluator `knn`)."""
+  k = ml_collections.ConfigDict()
+  k.data_dir = ""  # '' = data.data_dir
+  k.data_name = ""  # a labelled prepared set, e.g. 'ucf101/split1'; '' = data.name
+  k.train_split = "train"  # the gallery (the k-NN's "training" set)
+  k.test_split = "test"  # the queries
+  k.k = 20
+  # Each neighbour votes with weight exp(cosine / temperature) (Wu et al. 2018; DINO's k-NN);
+  # 0 = a plain majority vote.
+  k.temperature = 0.07
+  k.num_clips = 1  # uniformly spaced centre clips per video, features averaged
+  k.max_videos = 1000  # per split, evenly spaced over it (cost cap); 0 = every video
+  k.every_steps = 1000
+  k.batch_size = 0  # videos per host batch; 0 = eval.batch_size
+  k.feature_layer = "pool"  # features.FEATURE_LAYERS
+  return k
+
+
+def knn_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`knn_section()` overridden by the config's `eval.knn` (unknown keys are an error)."""
+  merged = knn_section()
+  given = config.get("eval", ml_collections.ConfigDict()).get("knn", None)
+  for key, value in (given.items() if given is not None else ()):
+    require(key in merged, f"eval.knn.{key}",
+            f"is not a k-NN monitor setting; use one of {sorted(merged)}.")
+    merged[key] = value
+  return merged
+
+
+def open_labelled(data_dir: str, name: str, split: str, key: str) -> Any:
+  """A labelled split; a ConfigError naming the config key `key` if it has no labels."""
+  source = data.open_split(data_dir, name, split)
+  backbone.require_labels(source, f"{name}:{split} (--config.{key})")
+  return source
+
+
+def headless_model(config: ml_collections.ConfigDict) -> Any:
+  """The configured backbone without heads or cross-device BN (evaluation uses running
+  statistics); applied with `features_only=True` it ignores any head in the variables."""
+  return encoder_lib.build_encoder(config)
+
+
+def clip_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Clip-level `clip_top1` and mean cross-entropy `loss` of per-clip logits `[N, E, C]`."""
+  acc = multiclip.multiclip_accuracy(logits, labels, ks=(1,))
+  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1)
+  nll = -jnp.take_along_axis(logp, jnp.asarray(labels, jnp.int32)[:, None, None], -1).mean()
+  return {"clip_top1": acc["clip_top1"], "loss": float(nll)}
+
+
+class SplitFeatures:
+  """Features of a labelled gallery split and query split from one Extractor (compiled once).
+
+  Shared by the k-NN monitor, retrieval and the linear probe: `__call__(variables)` returns
+  the Extractor's dicts `(gallery, queries)`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model: Any, *, data_dir: str,
+               name: str, gallery_split: str, query_split: str, key: str = "data.name",
+               feature_layer: str = "pool", clip_mean: bool = True,
+               num_clips: int | None = None, batch_size: int | None = None,
+               max_videos: int = 0):
+    self.gallery = features.subset(open_labelled(data_dir, name, gallery_split, key), max_videos)
+    self.queries = features.subset(open_labelled(data_dir, name, query_split, key), max_videos)
+    self.num_classes = int(self.gallery.num_classes)
+    self.num_clips, self.batch_size = num_clips, batch_size
+    self.feature_layer = feature_layer
+    self.extractor = features.Extractor(model, config, feature_layer=feature_layer,
+                                        clip_mean=clip_mean)
+
+  def __call__(self, variables: dict[str, Any]) -> tuple[dict[str, np.ndarray],
+                                                          dict[str, np.ndarray]]:
+    kwargs = dict(num_clips=self.num_clips, batch_size=self.batch_size)
+    return (self.extractor(variables, self.gallery, **kwargs),
+            self.extractor(variables, self.queries, **kwargs))
+
+
+class FinetuneValidation:
+  """Fine-tuning's periodic clip-level validation (`finetune.val_clips` centre clips per video
+  of `finetune.val_split`, '' = data.test_split), every `eval.every_epochs` epochs."""
+  name = "val"
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int, *,
+               steps_per_epoch: int, extractor: features.Extractor | None = None,
+               source: Any = None):
+    """`extractor`: one made `with_logits` for a model with a `num_classes` `linear` head (built
+    here if not given; pass fine-tuning's test extractor to compile once)."""
+    split = config.finetune.val_split or config.data.test_split
+    self.source = source if source is not None else open_labelled(
+        config.data.data_dir, config.data.name, split, "finetune.val_split")
+    self.every_steps = max(1, int(round(config.eval.every_epochs * steps_per_epoch)))
+    self.num_clips = int(config.finetune.val_clips)
+    self.extractor = extractor or features.Extractor(
+        encoder_lib.build_encoder(config, num_classes=num_classes), config, with_logits=True)
+
+  def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
+    val = self.extractor(variables, self.source, num_clips=self.num_clips)
+    return clip_metrics(val["logits"], val["labels"])
+
+
+class KnnMonitor:
+  """k-NN top-1 on frozen backbone features of a labelled set, for watching pretraining.
+
+  Gallery: `eval.knn.train_split`, queries: `eval.knn.test_split` of `eval.knn.data_name`
+  (default data.name), at most `max_videos` each, `num_clips` centre clips per video averaged.
+  Cosine similarity; a weighted vote of the `k` nearest (`temperature`, see `knn_section`).
+  Metrics: `top1` (the k-NN classifier) and `retrieval_top1` (the nearest neighbour shares the
+  query's class: retrieval top-1).
+  """
+  name = "knn"
+
+  def __init__(self, config: ml_collections.ConfigDict, *, model: Any = None):
+    kc = knn_config(config)
+    validate_knn(config)
+    self.k, self.temperature = int(kc.k), float(kc.temperature)
+    self.every_steps = int(kc.every_steps)
+    self.splits = SplitFeatures(
+        config, model if model is not None else headless_model(config),
+        data_dir=kc.data_dir or config.data.data_dir, name=kc.data_name or config.data.name,
+        gallery_split=kc.train_split, query_split=kc.test_split, key="eval.knn.data_name",
+        feature_layer=kc.feature_layer, num_clips=int(kc.num_clips),
+        batch_size=int(kc.batch_size) or None, max_videos=int(kc.max_videos))
+
+  def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
+    gallery, queries = self.splits(variables)
+    args = (features.video_features(queries), queries["labels"],
+            features.video_features(gallery), gallery["labels"])
+    return {"top1": knn_accuracy(*args, k=self.k, temperature=self.temperature),
+            "retrieval_top1": topk_accuracy(*args, ks=(1,))[1]}
+
+
+class Retrieval:
+  """The retrieval protocol: test videos (queries) search the train videos (gallery) of
+  data.name by cosine similarity of their clip-averaged features (`clip.eval_clips` clips,
+  layer `eval.feature_layer`); a hit when any of the top k shares the query's class.
+
+  Metrics `top{k}` for k in `eval.topk`. After a call, `num_gallery`, `num_queries` and
+  `feature_dim` describe what was measured. `every_steps=0`: only at the end of training.
+  """
+  name = "retrieval"
+
+  def __init__(self, config: ml_collections.ConfigDict, *, model: Any = None,
+               every_steps: int = 0):
+    self.ks = tuple(int(k) for k in config.eval.get("topk", DEFAULT_KS))
+    self.every_steps = int(every_steps)
+    self.feature_layer = str(config.eval.get("feature_layer", "pool"))
+    self.splits = SplitFeatures(
+        config, model if model is not None else headless_model(config),
+        data_dir=config.data.data_dir, name=config.data.name,
+        gallery_split=config.data.train_split, query_split=config.data.test_split,
+        feature_layer=self.feature_layer)
+    self.num_gallery = self.num_queries = self.feature_dim = 0
+
+  def scores(self, variables: dict[str, Any]) -> dict[int, float]:
+    """`{k: top-k accuracy}`."""
+    gallery, queries = self.splits(variables)
+    self.num_gallery, self.num_queries = len(gallery["labels"]), len(queries["labels"])
+    self.feature_dim = int(gallery["features"].shape[-1])
+    return topk_accuracy(features.video_features(queries), queries["labels"],
+                         features.video_features(gallery), gallery["labels"], ks=self.ks)
+
+  def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
+    return {f"top{k}": v for k, v in self.scores(variables).items()}
+
+
+def _make_val(config: ml_collections.ConfigDict, *, num_classes: int | None = None,
+              steps_per_epoch: int | None = None, extractor: Any = None,
+              **_: Any) -> FinetuneValidation:
+  if num_classes is None or steps_per_epoch is None:
+    raise ValueError("the 'val' evaluator needs num_classes and steps_per_epoch (fine-tuning's "
+                     "run passes them to build_evaluators).")
+  return FinetuneValidation(config, num_classes, steps_per_epoch=steps_per_epoch,
+                            extractor=extractor)
+
+
+def _make_knn(config: ml_collections.ConfigDict, **_: Any) -> KnnMonitor:
+  return KnnMonitor(config)
+
+
+def _make_retrieval(config: ml_collections.ConfigDict, **_: Any) -> Retrieval:
+  return Retrieval(config, every_steps=int(config.eval.get("retrieval_every_steps", 0)))
+
+
+# name -> factory(config, **context) -> Evaluator. Context keys a factory may use:
+# num_classes, steps_per_epoch, extractor; others are ignored.
+EVALUATORS: dict[str, Callable[..., Evaluator]] = {
+    "val": _make_val,
+    "knn": _make_knn,
+    "retrieval": _make_retrieval,
+}
+
+
+def register(name: str, factory: Callable[..., Evaluator]) -> None:
+  """Adds an evaluator `config.evaluators` can name."""
+  EVALUATORS[name] = factory
+
+
+def validate_knn(config: ml_collections.ConfigDict) -> None:
+  kc = knn_config(config)
+  require(int(kc.k) >= 1, "eval.knn.k", "must be at least 1 (20 is the usual choice).")
+  require(float(kc.temperature) >= 0, "eval.knn.temperature",
+          "must be >= 0 (0 = majority vote).")
+  require(int(kc.num_clips) >= 1, "eval.knn.num_clips", "needs at least one clip per video.")
+  require(int(kc.every_steps) >= 1, "eval.knn.every_steps", "must be positive.")
+  require(int(kc.max_videos) >= 0, "eval.knn.max_videos", "must be >= 0 (0 = every video).")
+  require(int(kc.batch_size) >= 0, "eval.knn.batch_size", "must be >= 0 (0 = eval.batch_size).")
+  require(kc.feature_layer in features.FEATURE_LAYERS, "eval.knn.feature_layer",
+          f"use one of {features.FEATURE_LAYERS}.")
+  require(bool(kc.data_name or config.data.name), "eval.knn.data_name",
+          "set a labelled prepared dataset, e.g. ucf101/split1.")
+  require(bool(kc.data_dir or config.data.data_dir), "eval.knn.data_dir",
+          "set the directory of prepared datasets (or data.data_dir).")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks `config.evaluators` and the settings of the evaluators it lists (no data read)."""
+  names = tuple(config.get("evaluators", ()))
+  for name in names:
+    require(name in EVALUATORS, "evaluators",
+            f"{name!r} is not an evaluator; choose from {sorted(EVALUATORS)}.")
+  if "knn" in names:
+    validate_knn(config)
+  if "retrieval" in names or "feature_layer" in config.get("eval", {}):
+    require(config.eval.get("feature_layer", "pool") in features.FEATURE_LAYERS,
+            "eval.feature_layer", f"use one of {features.FEATURE_LAYERS}.")
+
+
+def build_evaluators(config: ml_collections.ConfigDict, *,
+                     names: tuple[str, ...] | None = None, **context: Any) -> list[Evaluator]:
+  """The evaluators `names` (default `config.evaluators`) lists, built once.
+
+  `context` goes to every factory (`num_classes`, `steps_per_epoch`, `extractor`); a dataset
+  without labels or a bad setting fails here, before training starts.
+  """
+  names = tuple(config.get("evaluators", ()) if names is None else names)
+  unknown = [n for n in names if n not in EVALUATORS]
+  if unknown:
+    raise ConfigError(f"--config.evaluators: {unknown} not evaluators; choose from "
+                      f"{sorted(EVALUATORS)}.")
+  validate(config)
+  return [EVALUATORS[name](config, **context) for name in names]
