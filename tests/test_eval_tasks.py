@@ -118,8 +118,9 @@ def test_finetune_learns_colour_classes(finetuned):
   for f in ("results.json", "results.md", "training_curves.png", "config.json"):
     assert os.path.exists(os.path.join(workdir, f)), f
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  val_steps = [r["step"] for r in rows if "val_clip_top1" in r]
-  assert val_steps == [40, 80]  # every 2 epochs of 20 steps (the last is the end)
+  val = [r for r in rows if r.get("split") == "val"]
+  assert [r["step"] for r in val] == [40, 80]  # every 2 epochs of 20 steps (the last is the end)
+  assert all(0.0 <= r["clip_top1"] <= 1.0 and r["loss"] > 0 for r in val), val
   assert max(r["step"] for r in rows) == 80
 
 

@@ -3,15 +3,14 @@
 The backbone starts from `--config.train.init_from` (any of our checkpoints, a reference
 PyTorch `.pth`, or '' for training from scratch) with a new `linear` head for the dataset's
 classes, and is trained by the shared loop on augmented 16-frame clips (`ops` task `clip`) with
-cross-entropy. Every `eval.every_epochs` epochs the run pauses for a clip-level validation
-(the loop resumes from its own checkpoint, so this costs no state); at the end the test split is
-scored the standard way: E = 10 uniformly spaced centre clips per video, softmax averaged per
-video (video top-1/top-5), plus clip-level top-1.
+cross-entropy. Every `eval.every_epochs` epochs the loop runs the clip-level validation
+(`evaluators.FinetuneValidation`, logged as `val/clip_top1`, `val/loss`); at the end the test
+split is scored the standard way: E = 10 uniformly spaced centre clips per video, softmax
+averaged per video (video top-1/top-5), plus clip-level top-1.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any, Callable
 
@@ -21,9 +20,12 @@ import ml_collections
 import optax
 from absl import logging
 
-from auxskd_jax import ops
+from auxskd_jax import data, ops
 from auxskd_jax.config import require
-from auxskd_jax.evaluate import backbone, features, multiclip, report
+from auxskd_jax.evaluate import backbone, evaluators, features, multiclip, report
+from auxskd_jax.methods import finetune as finetune_method
+from auxskd_jax.train import encoder as encoder_lib
+from auxskd_jax.train import loop
 from auxskd_jax.train.state import TrainState, device_key
 
 AXIS = "batch"
@@ -136,75 +138,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(not path or os.path.exists(path), "train.init_from",
           f"{path!r} does not exist; give a workdir / checkpoint dir / .pth, or '' to train from "
           "scratch.")
-  from auxskd_jax.train import loop
-
+  evaluators.validate(config)
   loop.validate(config)
 
 
-def _variables(state: TrainState) -> dict[str, Any]:
-  return {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}
-
-
-def _segment_ends(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                  total_steps: int) -> list[int]:
-  """Steps after which to validate: every eval.every_epochs epochs, and the last step."""
-  every = max(1, int(round(config.eval.every_epochs * steps_per_epoch)))
-  if not config.finetune.validate:
-    return [total_steps]
-  return sorted(set(list(range(every, total_steps, every)) + [total_steps]))
-
-
-def _validated_steps(workdir: str) -> set[int]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return set()
-  return {int(r["step"]) for r in report.read_metrics(path) if "val_clip_top1" in r}
-
-
-def _append_metrics(workdir: str, row: dict[str, Any]) -> None:
-  import json
-
-  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-    f.write(json.dumps(row) + "\n")
+def evaluator_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`config.evaluators` with the clip-level validation `val` added (finetune.validate) or
+  removed."""
+  names = [n for n in config.get("evaluators", ()) if n != "val"]
+  return tuple(names + ["val"]) if config.finetune.validate else tuple(names)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Fine-tunes, validating periodically, then tests with E clips per video; writes reports."""
-  from auxskd_jax import data
-  from auxskd_jax.train import loop
-
+  """Fine-tunes (the loop validates every eval.every_epochs epochs), then tests with E clips
+  per video; writes results.json/.md and the training curves."""
   validate(config)
   train_src = data.open_split(config.data.data_dir, config.data.name, config.data.train_split)
   test_src = data.open_split(config.data.data_dir, config.data.name, config.data.test_split)
   num_classes = backbone.require_labels(train_src, f"{config.data.name}:{config.data.train_split}")
   backbone.require_labels(test_src, f"{config.data.name}:{config.data.test_split}")
-  val_split = config.finetune.val_split or config.data.test_split
-  val_src = test_src if val_split == config.data.test_split else data.open_split(
-      config.data.data_dir, config.data.name, val_split)
   steps_per_epoch, total_steps = loop.schedule_lengths(config, len(train_src))
-  method = Finetune(config, num_classes, total_steps=total_steps)
-  extract = features.Extractor(_eval_model(config, num_classes), config, with_logits=True)
-  done = _validated_steps(workdir)
-  state = None
-  for end in _segment_ends(config, steps_per_epoch, total_steps):
-    segment = copy.deepcopy(config)
-    with segment.unlocked():
-      segment.train.num_steps = end
-    state = loop.fit(method, segment, workdir)
-    if config.finetune.validate and end not in done:
-      val = extract(_variables(state), val_src, num_clips=config.finetune.val_clips)
-      acc = multiclip.multiclip_accuracy(val["logits"], val["labels"], ks=(1,))
-      logp = jax.nn.log_softmax(jnp.asarray(val["logits"]), -1)
-      nll = -float(jnp.take_along_axis(logp, jnp.asarray(val["labels"])[:, None, None], -1).mean())
-      row = {"step": end, "split": "val", "epoch": end / steps_per_epoch,
-             "val_clip_top1": acc["clip_top1"],
-             "val_loss": nll}
-      if jax.process_index() == 0:
-        _append_metrics(workdir, row)
-      logging.info("finetune validation at step %d: clip top-1 %.2f%%, loss %.4f", end,
-                   100 * acc["clip_top1"], nll)
-  assert state is not None
-  test = extract(_variables(state), test_src)
+  method = finetune_method.Finetune(config, num_classes, total_steps=total_steps)
+  # One extractor (one compiled forward) for the periodic validation and the final test.
+  extract = features.Extractor(encoder_lib.build_encoder(config, num_classes=num_classes),
+                               config, with_logits=True)
+  evals = evaluators.build_evaluators(config, names=evaluator_names(config),
+                                      num_classes=num_classes, steps_per_epoch=steps_per_epoch,
+                                      extractor=extract)
+  state = loop.fit(method, config, workdir, evaluators=evals)
+  variables = {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}
+  test = extract(variables, test_src)
   metrics = multiclip.multiclip_accuracy(test["logits"], test["labels"], ks=(1, 5))
   record = report.make_record(
       config, task="finetune", metrics=metrics, checkpoint=config.train.init_from,
@@ -218,10 +181,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                100 * metrics["video_top1"], 100 * metrics["video_top5"],
                100 * metrics["clip_top1"])
   return record
-
-
-def _eval_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
-  """The same network without cross-device BN (evaluation uses running statistics)."""
-  from auxskd_jax.train import encoder as encoder_lib
-
-  return encoder_lib.build_encoder(config, num_classes=num_classes)

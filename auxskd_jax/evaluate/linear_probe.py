@@ -1,6 +1,7 @@
 """Linear probe (task `linear_probe`): a linear classifier on frozen backbone features.
 
-Features come from `features.extract` (E uniformly spaced centre clips per video). With
+Features come from `evaluators.SplitFeatures` (E uniformly spaced centre clips per video, layer
+`eval.feature_layer`, default 'pool'), the code the retrieval task and the k-NN monitor use. With
 `probe.per_clip=False` (default) the classifier sees one 10-clip-averaged feature per video;
 with `per_clip=True` it trains on every clip's feature and tests by averaging the clips'
 softmax per video (reporting clip-level accuracy too), like the fine-tuning test.
@@ -17,7 +18,8 @@ from absl import logging
 
 from auxskd_jax import config as config_lib
 from auxskd_jax.config import require
-from auxskd_jax.evaluate import backbone, features, linear_classifier, multiclip, report
+from auxskd_jax.evaluate import (backbone, evaluators, features, linear_classifier, multiclip,
+                                  report)
 
 
 def probe_section() -> ml_collections.ConfigDict:
@@ -38,6 +40,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.probe.steps > 0, "probe.steps", "must be positive.")
   require(config.probe.learning_rate > 0, "probe.learning_rate", "must be positive.")
   require(config.probe.batch_size > 0, "probe.batch_size", "must be positive.")
+  require(config.eval.get("feature_layer", "pool") in features.FEATURE_LAYERS,
+          "eval.feature_layer", f"use one of {features.FEATURE_LAYERS}.")
   path = config.eval.get("init_from", "")
   require(not path or os.path.exists(path), "eval.init_from",
           f"{path!r} does not exist; give a workdir / checkpoint dir / .pth, or '' for random init.")
@@ -62,24 +66,23 @@ def evaluate_probe(train: dict[str, np.ndarray], test: dict[str, np.ndarray], nu
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  from auxskd_jax import data
-
   validate(config)
   config_lib.save_config(config, workdir)
-  train_src = data.open_split(config.data.data_dir, config.data.name, config.data.train_split)
-  test_src = data.open_split(config.data.data_dir, config.data.name, config.data.test_split)
-  num_classes = backbone.require_labels(train_src, f"{config.data.name}:{config.data.train_split}")
-  backbone.require_labels(test_src, f"{config.data.name}:{config.data.test_split}")
   path = config.eval.get("init_from", "")
   model, variables = backbone.frozen_backbone(config, path, "eval.init_from")
-  extract = features.Extractor(model, config)
-  train = extract(variables, train_src)
-  test = extract(variables, test_src)
-  metrics = evaluate_probe(train, test, num_classes, config.probe, seed=int(config.seed))
+  layer = str(config.eval.get("feature_layer", "pool"))
+  splits = evaluators.SplitFeatures(
+      config, model, data_dir=config.data.data_dir, name=config.data.name,
+      gallery_split=config.data.train_split, query_split=config.data.test_split,
+      feature_layer=layer, clip_mean=not config.probe.per_clip)
+  train, test = splits(variables)
+  metrics = evaluate_probe(train, test, splits.num_classes, config.probe, seed=int(config.seed))
   if not config.probe.per_clip:
     metrics.pop("clip_top1")  # one averaged feature per video: clip level is not measured
   record = report.make_record(config, task="linear_probe", metrics=metrics, checkpoint=path,
-                              extra={"per_clip": bool(config.probe.per_clip)})
+                              extra={"per_clip": bool(config.probe.per_clip),
+                                     "feature_layer": layer,
+                                     "feature_dim": int(train["features"].shape[-1])})
   report.write_results(workdir, record)
   logging.info("linear_probe: %s", metrics)
   return record

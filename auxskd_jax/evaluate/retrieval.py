@@ -1,9 +1,14 @@
 """Nearest-neighbour video retrieval (task `retrieval`): test videos query the train videos.
 
-SPEC section 8: 10 uniformly spaced clips per video, pooled backbone features averaged per
-video, cosine similarity, top-k accuracy for k = 1, 5, 10, 20, 50. The backbone comes from
-`--config.eval.init_from` (any of our checkpoints or a reference `.pth`); empty means a randomly
-initialised backbone (the random-init baseline).
+SPEC section 8 and the protocol of VCOP's retrieval tables (which auxSKD's compares with): 10
+uniformly spaced clips per video, per-clip features of `eval.feature_layer` averaged per video
+('conv5_maxpool': conv5 max-pooled with kernel and stride (1, 2, 2) and flattened, 9216-d for
+R(2+1)D at 16x112x112, the protocol's; 'pool': the 512-d pooled features), train videos as the
+gallery, test videos as queries, cosine similarity, a hit when any of the top k shares the
+query's class, k = 1, 5, 10, 20, 50. results.json records the layer and its dimension. The
+backbone comes from `--config.eval.init_from` (any of our checkpoints or a reference `.pth`);
+empty means a randomly initialised backbone (the random-init baseline). The computation is
+`evaluators.Retrieval`'s, which can also run inside a training loop.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from absl import logging
 
 from auxskd_jax import config as config_lib
 from auxskd_jax.config import require
-from auxskd_jax.evaluate import backbone, features, report
+from auxskd_jax.evaluate import backbone, evaluators, features, report
 from auxskd_jax.evaluate.topk import DEFAULT_KS, topk_accuracy
 
 __all__ = ["DEFAULT_KS", "topk_accuracy", "run", "validate"]
@@ -27,6 +32,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ks = tuple(config.eval.get("topk", DEFAULT_KS))
   require(len(ks) > 0 and all(int(k) >= 1 for k in ks), "eval.topk",
           f"needs positive k values, e.g. {DEFAULT_KS}; got {ks}.")
+  require(config.eval.get("feature_layer", "pool") in features.FEATURE_LAYERS,
+          "eval.feature_layer", f"use one of {features.FEATURE_LAYERS} ('conv5_maxpool': the "
+          "VCOP protocol's features, 'pool': the 512-d pooled features).")
   path = config.eval.get("init_from", "")
   require(not path or os.path.exists(path), "eval.init_from",
           f"{path!r} does not exist; give a workdir / checkpoint dir / .pth, or '' for random init.")
@@ -34,32 +42,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Extracts video features of both splits, scores retrieval, writes results and a plot."""
-  from auxskd_jax import data
-
   validate(config)
   config_lib.save_config(config, workdir)
-  gallery_src = data.open_split(config.data.data_dir, config.data.name, config.data.train_split)
-  query_src = data.open_split(config.data.data_dir, config.data.name, config.data.test_split)
-  backbone.require_labels(gallery_src, f"{config.data.name}:{config.data.train_split}")
-  backbone.require_labels(query_src, f"{config.data.name}:{config.data.test_split}")
   path = config.eval.get("init_from", "")
   model, variables = backbone.frozen_backbone(config, path, "eval.init_from")
-  extract = features.Extractor(model, config)
-  gallery = extract(variables, gallery_src)
-  queries = extract(variables, query_src)
-  ks = tuple(int(k) for k in config.eval.get("topk", DEFAULT_KS))
-  acc = topk_accuracy(features.video_features(queries), queries["labels"],
-                      features.video_features(gallery), gallery["labels"], ks=ks)
+  retrieval = evaluators.Retrieval(config, model=model)
+  acc = retrieval.scores(variables)
   metrics = {f"top{k}": v for k, v in acc.items()}
   record = report.make_record(
       config, task="retrieval", metrics=metrics, checkpoint=path,
-      extra={"num_queries": int(len(queries["labels"])),
-             "num_gallery": int(len(gallery["labels"])),
-             "clips_per_video": int(config.clip.eval_clips)})
+      extra={"num_queries": retrieval.num_queries, "num_gallery": retrieval.num_gallery,
+             "clips_per_video": int(config.clip.eval_clips),
+             "feature_layer": retrieval.feature_layer, "feature_dim": retrieval.feature_dim})
   report.write_results(workdir, record)
   report.plot_topk(os.path.join(workdir, "retrieval_topk.png"),
                    {record["method_chain"]: acc},
                    title=f"Retrieval on {config.data.name} ({config.data.test_split} -> "
                          f"{config.data.train_split})")
-  logging.info("retrieval: %s", " ".join(f"top{k}={100 * v:.2f}%" for k, v in acc.items()))
+  logging.info("retrieval (%s, %d-d): %s", retrieval.feature_layer, retrieval.feature_dim,
+               " ".join(f"top{k}={100 * v:.2f}%" for k, v in acc.items()))
   return record
