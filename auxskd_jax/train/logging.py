@@ -16,8 +16,9 @@ from typing import Any, Mapping
 
 from absl import logging as absl_logging
 
-# Libraries whose INFO lines drown the progress lines (orbax logs every save and restore).
-QUIET_LIBRARIES = ("orbax",)
+# Libraries whose INFO lines drown the progress lines (orbax logs every save and restore; jax
+# says at start which backends it did not find). Their warnings still show.
+QUIET_LIBRARIES = ("orbax", "jax._src.xla_bridge")
 
 
 class MetricLogger:
