@@ -160,7 +160,7 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   cluster = None if explicit else detect_cluster()
   if explicit is None and cluster is None:
     return
-  if not jax.config.jax_cpu_collectives_implementation:
+  if not getattr(jax.config, "jax_cpu_collectives_implementation", "gloo"):
     # Cross-process collectives on CPU (tests, the localhost recipe); gloo is jax's default
     # from 0.5 on, older versions had none.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -220,8 +220,14 @@ def setup_logging() -> None:
     return
   logging.set_verbosity(logging.WARNING)
   logging.set_stderrthreshold(logging.WARNING)
-  logging.get_absl_handler().setFormatter(py_logging.Formatter(
-      f"[process {jax.process_index()}] %(levelname)s %(name)s: %(message)s"))
+  prefix = f"[process {jax.process_index()}] "
+
+  def add_prefix(record: py_logging.LogRecord) -> bool:
+    if not str(record.msg).startswith(prefix):
+      record.msg = prefix + str(record.msg)
+    return True
+
+  py_logging.getLogger("absl").addFilter(add_prefix)
   py_logging.getLogger().setLevel(py_logging.WARNING)
 
 

@@ -39,6 +39,12 @@ try:
   out["differ"] = "no error"
 except ConfigError as e:
   out["differ"] = str(e)
+from absl import logging
+logging.set_verbosity(logging.INFO)
+distributed.setup_logging()
+logging.info("info line %d", pid)
+logging.warning("warning line %d", pid)
+out["chief"] = distributed.is_chief()
 print("RESULT " + json.dumps(out), flush=True)
 """
 
@@ -62,6 +68,11 @@ def test_two_processes_collectives_and_config_check():
     # Every process raises, and names the key that differs (with both values).
     assert "--config.train.batch_size (process 0: 8, process 1: 6)" in out["differ"], out
     assert "\n" not in out["differ"]
+  assert [out["chief"] for out in outs] == [True, False]
+  # Process 0 logs as usual; the others only warnings, marked with their index.
+  assert "info line 0" in results[0].stderr and "warning line 0" in results[0].stderr
+  assert "info line 1" not in results[1].stderr
+  assert "[process 1] warning line 1" in results[1].stderr
 
 
 _JOIN = r"""
