@@ -39,6 +39,8 @@ LOADER_FORMAT = 2
 
 
 def checkpoint_dir(workdir: str) -> str:
+  if "://" in workdir:  # a bucket (gs://...): orbax writes there directly
+    return workdir.rstrip("/") + "/checkpoints"
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
