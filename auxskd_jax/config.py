@@ -319,15 +319,36 @@ def validate_paths(config: ml_collections.ConfigDict) -> None:
   from auxskd_jax import data  # local: keeps this module importable without jax
 
   splits = [d.train_split] + ([d.test_split] if config.task in EVAL_TASKS else [])
+  where = f"--config.data.name={d.name!r} in --config.data.data_dir={d.data_dir!r}"
   for split in splits:
     try:
-      data.open_split(d.data_dir, d.name, split)
+      source = data.open_split(d.data_dir, d.name, split)
     except (OSError, KeyError, ValueError) as e:
       if isinstance(e, ConfigError):
         raise
       message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-      raise ConfigError(f"--config.data.name={d.name!r} in --config.data.data_dir="
-                        f"{d.data_dir!r}, split {split!r}: {message}") from None
+      raise ConfigError(f"{where}, split {split!r}: {message}") from None
+    try:
+      len(source.records)  # opens every shard and reads its footer: finds truncated shards
+    except (OSError, RuntimeError, ValueError):
+      bad = _unreadable_shard(source.dataset_dir, split)
+      raise ConfigError(
+          f"{where}, split {split!r}: the shard {bad} is unreadable (truncated or corrupt?); "
+          "prepare the dataset again.") from None
+
+
+def _unreadable_shard(dataset_dir: str, split: str) -> str:
+  """The first shard file of `split` that array_record cannot open (for the error message)."""
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+  from auxskd_jax.data import reader
+
+  for path in reader.shard_paths(dataset_dir, split)[0]:
+    try:
+      len(ArrayRecordDataSource([path]))
+    except (OSError, RuntimeError, ValueError):
+      return path
+  return f"of {dataset_dir}"
 
 
 def validate_static(config: ml_collections.ConfigDict) -> None:

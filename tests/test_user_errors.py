@@ -1,0 +1,88 @@
+"""Every expected user error exits with status 2 and a few lines naming the flag or file, before
+anything is written into the workdir; unexpected errors keep their traceback."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from auxskd_jax import config as config_lib
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VSPP = "--config=configs/vspp_r21d_k100.py"
+TINY = ["--config.train.init_from=", "--config.model.width=8", "--config.clip.clip_len=8",
+        "--config.clip.crop_size=16", "--config.train.batch_size=4"]
+
+
+def _fails_cleanly(workdir, *args, match):
+  out = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", *args], cwd=_ROOT,
+                       capture_output=True, text=True, timeout=300)
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert len(lines) <= 5 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert match in out.stderr, out.stderr
+  return out.stderr
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--config.bogus=1"], "--config.bogus: the config has no key 'bogus'"),
+    (["--config.train.nsteps=3"], 'did you mean "num_steps"'),
+    (["--config=configs/nope.py"], "--config=configs/nope.py"),
+    (["--config.model.width=abc"], "--config.model.width=abc"),
+    ([VSPP, "--config.train.init_from="], "--config.data.data_dir: set it"),
+    ([VSPP, "--config.train.init_from=/no/such/run"], "--config.train.init_from"),
+    ([VSPP, "--config.model.dtype=float16"], "bfloat16"),
+])
+def test_config_errors_before_any_work(tmp_path, args, match):
+  workdir = tmp_path / "run"
+  _fails_cleanly(workdir, *args, match=match)
+  assert not workdir.exists()
+
+
+def test_missing_and_corrupt_datasets(tmp_path, tiny_prepared):
+  data_dir, name = tiny_prepared
+  workdir = tmp_path / "run"
+  (tmp_path / "empty").mkdir()
+  _fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={tmp_path / 'empty'}",
+                 f"--config.data.name={name}", match="no prepared dataset")
+  broken = tmp_path / "broken"
+  shutil.copytree(data_dir, broken)
+  shards = [os.path.join(d, f) for d, _, fs in os.walk(broken) for f in fs
+            if "-train.array_record-" in f]
+  with open(shards[0], "r+b") as f:  # what a full disk leaves
+    f.truncate(os.path.getsize(shards[0]) // 2)
+  _fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={broken}",
+                 f"--config.data.name={name}", match=shards[0])
+  assert not workdir.exists()
+
+
+def test_checkpoint_of_another_model(tmp_path, tiny_prepared):
+  torch = pytest.importorskip("torch")
+  data_dir, name = tiny_prepared
+  pth = str(tmp_path / "other.pth")
+  torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3, 3), "fc.weight": torch.zeros(4, 8)}, pth)
+  workdir = tmp_path / "run"
+  _fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={data_dir}",
+                 f"--config.data.name={name}", f"--config.train.init_from={pth}",
+                 match="--config.train.init_from")
+  assert not workdir.exists()
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+  """A demo workdir with finished stages, restarted with other demo settings."""
+  sys.path.insert(0, _ROOT)
+  from configs import demo
+
+  workdir = tmp_path / "demo"
+  path = config_lib.save_config(demo.get_config(), str(workdir))
+  (workdir / "data").mkdir()
+  (workdir / "data" / "stage_done.json").write_text("{}")
+  before = open(path).read()
+  err = _fails_cleanly(workdir, "--config.demo.quick=True", "--config.seed=1",
+                       match="--config.resume_overrides=demo.quick,seed")
+  assert "demo.quick: false -> true" in err
+  assert open(path).read() == before
+  assert json.load(open(path))["seed"] == 0
