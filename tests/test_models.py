@@ -40,7 +40,8 @@ def count(tree):
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("r21d_10", 14_430_967), ("r3d_10", 14_427_456), ("c3d", 27_727_104)])
+    ("r21d_10", 14_430_967), ("r3d_10", 14_427_456), ("c3d", 27_727_104),
+    ("s3d_g", 9_277_200)])
 def test_parameter_counts_match_reference(name, expected):
   variables = shapes_of(models.build(name, 128), jax.ShapeDtypeStruct((1, 16, 112, 112, 3),
                                                                      jnp.float32))
@@ -48,8 +49,16 @@ def test_parameter_counts_match_reference(name, expected):
 
 
 def test_names_and_feature_dim():
-  assert set(models.NAMES) == {"r21d_10", "r21d_18", "r3d_10", "r3d_18", "c3d"}
+  assert set(models.NAMES) == {"r21d_10", "r21d_18", "r3d_10", "r3d_18", "c3d", "s3d_g"}
   assert models.feature_dim("r21d_10") == 512 and models.feature_dim("c3d", 8) == 64
+  assert models.feature_dim("s3d_g") == 1024 and models.feature_dim("s3d_g", 8) == 128
+  # VCOP's retrieval features at the paper's 16x112x112: 512 x 2 x 3 x 3.
+  for name in ("r21d_10", "r21d_18", "r3d_10", "c3d"):
+    assert models.feature_dim(name, layer="conv5_maxpool") == 9216
+  assert models.feature_dim("s3d_g", layer="conv5_maxpool") == 8192  # 1024 x 2 x 2 x 2
+  assert models.feature_dim("r21d_10", 8, "conv5_maxpool", clip_len=8, crop_size=32) == 64
+  with pytest.raises(ValueError, match="feature layer"):
+    models.feature_dim("c3d", layer="fc6")
   assert models.mid_channels((3, 7, 7), 3, 64) == 83  # floor(28224 / 339)
   assert models.mid_channels((1, 1, 1), 64, 128) == 42
 
@@ -70,6 +79,17 @@ def test_output_shapes(name):
   assert single.shape == (2, 4) and single.dtype == jnp.float32
   assert features.shape == (2, feat) and pooled.shape == (2, feat)
   assert {k: v.shape for k, v in several.items()} == {"linear": (2, 4), "linear_segment": (2, 3)}
+  assert models.head_names(variables) == ["linear", "linear_segment"]
+  for clips in (CLIPS, jax.ShapeDtypeStruct((1, 16, 112, 112, 3), jnp.float32)):
+    conv5 = jax.eval_shape(
+        lambda v, x: multi.apply(v, x, features_only=True, feature_layer="conv5_maxpool"),
+        variables, clips)
+    assert conv5.shape == (clips.shape[0], models.feature_dim(
+        name, width, "conv5_maxpool", clips.shape[1], clips.shape[2])), clips.shape
+    assert conv5.dtype == jnp.float32
+  with pytest.raises(ValueError, match="features_only=True"):
+    jax.eval_shape(lambda v, x: multi.apply(v, x, feature_layer="conv5_maxpool"), variables,
+                   CLIPS)
 
 
 def test_module_names_mirror_reference():
@@ -161,6 +181,21 @@ def test_bn_axis_name_under_pmap_equals_whole_batch():
     np.testing.assert_allclose(g[3], w, atol=1e-4, rtol=1e-4)
 
 
+def test_s3dg_module_names_mirror_the_release():
+  flat = traverse_util.flatten_dict(shapes_of(models.build("s3d_g", 4, width=8)))
+  names = {"/".join(p) for p in flat}
+  for expected in ["params/conv1/conv1/kernel", "batch_stats/conv1/bn1/var",
+                   "params/conv_2b/conv1/kernel", "params/conv_2c/conv2/kernel",
+                   "params/conv_2c/bn2/scale", "params/gating/fc/kernel",
+                   "params/mixed_3b/conv_b1_b/conv2/kernel", "params/mixed_5c/gating_b3/fc/bias",
+                   "params/linear/kernel"]:
+    assert expected in names, expected
+  params = shapes_of(models.build("s3d_g", 4, width=8))["params"]
+  assert params["conv1"]["conv1"]["kernel"].shape == (2, 4, 4, 24, 8)  # space-to-depth stem
+  assert params["linear"]["kernel"].shape == (128, 4)
+  assert models.head_names(params) == ["linear"]  # the gating fcs are not heads
+
+
 def test_build_rejects_bad_arguments():
   with pytest.raises(ValueError, match="r21d_10"):
     models.build("resnet50")
@@ -168,3 +203,12 @@ def test_build_rejects_bad_arguments():
     models.build("c3d", 4, heads={"linear": 4})
   with pytest.raises(ValueError, match="width"):
     models.build("c3d", 4, width=0)
+  with pytest.raises(ValueError, match="multiple of 8"):
+    models.build("s3d_g", 4, width=12)
+  with pytest.raises(ValueError, match="model.init"):
+    models.build("c3d", 4, init="xavier")
+  with pytest.raises(ValueError, match="even"):
+    models.check_input("s3d_g", 15, 112)
+  with pytest.raises(ValueError, match="too small"):
+    models.check_input("c3d", 4, 112)
+  models.check_input("s3d_g", 16, 112)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from auxskd_jax.models import init as init_lib
 from auxskd_jax.models.heads import Heads, pool_and_heads
 from auxskd_jax.models.layers import Conv3d, Dtype, batch_norm
 
@@ -21,14 +22,17 @@ class C3D(nn.Module):
   single_head: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
+  init_scheme: str = init_lib.DEFAULT
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, features_only: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False, features_only: bool = False,
+               feature_layer: str = "pool"):
     x = x.astype(self.dtype)
     for suffix, mult, pool in _LAYERS:
       x = Conv3d(self.width * mult, (3, 3, 3), padding=(1, 1, 1), use_bias=True,
-                 dtype=self.dtype, name=f"conv{suffix}")(x)
+                 dtype=self.dtype, init_scheme=self.init_scheme, name=f"conv{suffix}")(x)
       x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, f"bn{suffix}")(x))
       if pool is not None:
         x = nn.max_pool(x, pool, strides=pool, padding="VALID")
-    return pool_and_heads(x, self.heads, self.single_head, features_only)
+    return pool_and_heads(x, self.heads, self.single_head, features_only, feature_layer,
+                          self.init_scheme)

@@ -8,17 +8,17 @@ but a conv whose kernel is 1 along time (the (2+1)D spatial convs) runs as a 2-D
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from auxskd_jax.models import init as init_lib
+
 Triple = tuple[int, int, int]
 Dtype = Any
-
-# The reference initialises every conv with kaiming_normal_(mode='fan_out', relu).
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # flax convention; PyTorch momentum 0.1
@@ -55,21 +55,26 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides: Triple, padding: Triple) ->
 
 
 class Conv3d(nn.Module):
-  """3-D conv with float32 parameters and `dtype` compute; kernel `(kt, kh, kw, in, out)`."""
+  """3-D conv with float32 parameters and `dtype` compute; kernel `(kt, kh, kw, in, out)`.
+
+  `init_scheme`: 'torch' (PyTorch's Conv3d defaults) or 'kaiming' (see `models.init`).
+  """
   features: int
   kernel_size: Triple
   strides: Triple = (1, 1, 1)
   padding: Triple = (0, 0, 0)
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  init_scheme: str = init_lib.DEFAULT
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     shape = (*self.kernel_size, x.shape[-1], self.features)
-    kernel = self.param("kernel", conv_init, shape, jnp.float32)
+    kernel_init, bias_init = init_lib.conv_init(self.init_scheme, math.prod(shape[:-1]))
+    kernel = self.param("kernel", kernel_init, shape, jnp.float32)
     y = conv3d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding)
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+      bias = self.param("bias", bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
 

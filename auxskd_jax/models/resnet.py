@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from auxskd_jax.models import init as init_lib
 from auxskd_jax.models.heads import Heads, pool_and_heads
 from auxskd_jax.models.layers import Conv3d, Dtype, Triple, batch_norm, triple
 
@@ -31,6 +32,7 @@ class SpatioTemporalConv(nn.Module):
   factorised: bool = True
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
+  init_scheme: str = init_lib.DEFAULT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -39,13 +41,14 @@ class SpatioTemporalConv(nn.Module):
     pt, ph, pw = self.padding
     if not self.factorised:
       return Conv3d(self.features, self.kernel_size, self.strides, self.padding,
-                    dtype=self.dtype, name="temporal_spatial_conv")(x)
+                    dtype=self.dtype, init_scheme=self.init_scheme,
+                    name="temporal_spatial_conv")(x)
     m = mid_channels(self.kernel_size, x.shape[-1], self.features)
     x = Conv3d(m, (1, kh, kw), (1, sh, sw), (0, ph, pw), dtype=self.dtype,
-               name="spatial_conv")(x)
+               init_scheme=self.init_scheme, name="spatial_conv")(x)
     x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn")(x))
     return Conv3d(self.features, (kt, 1, 1), (st, 1, 1), (pt, 0, 0), dtype=self.dtype,
-                  name="temporal_conv")(x)
+                  init_scheme=self.init_scheme, name="temporal_conv")(x)
 
 
 class ResBlock(nn.Module):
@@ -55,12 +58,13 @@ class ResBlock(nn.Module):
   factorised: bool = True
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
+  init_scheme: str = init_lib.DEFAULT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda k, s, p, name: SpatioTemporalConv(  # noqa: E731
         self.features, triple(k), triple(s), triple(p), self.factorised, self.dtype,
-        self.bn_axis_name, name=name)
+        self.bn_axis_name, self.init_scheme, name=name)
     bn = lambda name: batch_norm(train, self.dtype, self.bn_axis_name, name)  # noqa: E731
     stride = 2 if self.downsample else 1
     r = nn.relu(bn("bn1")(conv(3, stride, 1, "conv1")(x, train)))
@@ -78,14 +82,15 @@ class ResLayer(nn.Module):
   factorised: bool = True
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
+  init_scheme: str = init_lib.DEFAULT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = ResBlock(self.features, self.downsample, self.factorised, self.dtype,
-                 self.bn_axis_name, name="block1")(x, train)
+                 self.bn_axis_name, self.init_scheme, name="block1")(x, train)
     for i in range(self.num_blocks - 1):
       x = ResBlock(self.features, False, self.factorised, self.dtype, self.bn_axis_name,
-                   name=f"blocks_{i}")(x, train)
+                   self.init_scheme, name=f"blocks_{i}")(x, train)
     return x
 
 
@@ -98,13 +103,18 @@ class VideoResNet(nn.Module):
   single_head: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
+  init_scheme: str = init_lib.DEFAULT
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, features_only: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False, features_only: bool = False,
+               feature_layer: str = "pool"):
     x = SpatioTemporalConv(self.width, (3, 7, 7), (1, 2, 2), (1, 3, 3), self.factorised,
-                           self.dtype, self.bn_axis_name, name="conv1")(x.astype(self.dtype), train)
+                           self.dtype, self.bn_axis_name, self.init_scheme,
+                           name="conv1")(x.astype(self.dtype), train)
     x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(x))
     for i, size in enumerate(self.layer_sizes):
       x = ResLayer(self.width * 2**i, size, downsample=i > 0, factorised=self.factorised,
-                   dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=f"conv{i + 2}")(x, train)
-    return pool_and_heads(x, self.heads, self.single_head, features_only)
+                   dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                   init_scheme=self.init_scheme, name=f"conv{i + 2}")(x, train)
+    return pool_and_heads(x, self.heads, self.single_head, features_only, feature_layer,
+                          self.init_scheme)
