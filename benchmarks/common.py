@@ -99,8 +99,7 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
   the benchmark's model, batch, dtype and sizes; validated like a real run."""
   from auxskd_jax import config as config_lib
   from auxskd_jax import ops
-  from auxskd_jax.evaluate.finetune import finetune_section
-  from auxskd_jax.methods.auxskd import config_section
+  from auxskd_jax import defaults
 
   c = config_lib.base_config()
   c.task = task
@@ -111,9 +110,9 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
   c.clip.crop_size = args.crop
   c.train.batch_size = args.batch
   c.train.init_from = ""
-  c.auxskd = config_section()
+  c.auxskd = defaults.auxskd()
   c.auxskd.queue_size = args.queue_size
-  c.finetune = finetune_section()
+  c.finetune = defaults.finetune()
   try:
     config_lib.validate_common(c)
     ops.validate("auxskd" if task == "auxskd" else "vspp" if task == "vspp" else "clip", c)

@@ -46,7 +46,7 @@ def build_method(task: str, config: ml_collections.ConfigDict) -> Any:
 
     return VSPP(config)
   if task == "finetune":
-    from auxskd_jax.evaluate.finetune import Finetune
+    from auxskd_jax.methods.finetune import Finetune
 
     return Finetune(config, FINETUNE_CLASSES)
   raise SystemExit(f"--task={task!r}: choose from {list(TASKS)}.")

@@ -12,9 +12,8 @@ Every stage writes into its own sub-workdir of --workdir, so an interrupted demo
 
 import ml_collections
 
+from auxskd_jax import defaults
 from auxskd_jax.config import base_config
-from auxskd_jax.evaluate.finetune import finetune_section
-from auxskd_jax.methods.auxskd import config_section as auxskd_section
 
 
 def _stage(batch_size: int, steps: int, learning_rate: float) -> ml_collections.ConfigDict:
@@ -28,9 +27,7 @@ def _stage(batch_size: int, steps: int, learning_rate: float) -> ml_collections.
 def get_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.task = "demo"
-  c.seed = 0
   c.xla_fast_compile = True  # the demo is compile-bound on a CPU: unoptimised XLA codegen
-  c.model.name = "r21d_10"
   c.model.width = 8  # channels 8-16-32-64 instead of 64-128-256-512
   c.model.embed_dim = 64
   c.model.predictor_hidden = 256
@@ -46,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (whose 255x larger stem gradients suit lr 0.001, not the demo's larger rates).
   c.augment.input_convention = "rgb"
 
-  c.auxskd = auxskd_section()
+  c.auxskd = defaults.auxskd()
   c.auxskd.queue_size = 512  # the pool holds a few hundred videos, not K400's 240k
   c.auxskd.momentum = 0.99  # hundreds of steps, not tens of thousands
 
@@ -60,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 16
   c.eval.topk = (1, 5, 10, 20)
   c.eval.pretrain_data = "demo pool"
-  c.finetune = finetune_section()
+  c.finetune = defaults.finetune()
   c.finetune.validate = False
 
   c.demo = ml_collections.ConfigDict()
@@ -82,4 +79,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.demo.pretrain_jitter_prob = 0.0  # the design was measured without it
   c.demo.finetune_jitter_prob = 0.0
   c.demo.probe_steps = 500  # linear probe (AdamW) on 10-clip-averaged frozen features
+  c.demo.knn_points = 6  # k-NN monitor evaluations per pretraining stage (TensorBoard, jsonl)
   return c

@@ -6,19 +6,18 @@
 
 import ml_collections
 
+from auxskd_jax import defaults
 from auxskd_jax.config import base_config
-from auxskd_jax.evaluate.linear_probe import probe_section
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.task = "linear_probe"
-  c.model.name = "r21d_10"
   split = ml_collections.FieldReference(1)
   c.data.split = split
   c.data.name = "ucf101/split" + split.to_str()
   c.eval.batch_size = 8
   c.eval.init_from = ""
   c.eval.pretrain_data = ""
-  c.probe = probe_section()
+  c.probe = defaults.probe()
   return c

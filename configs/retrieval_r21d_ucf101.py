@@ -1,4 +1,5 @@
-"""Video retrieval with R(2+1)D-10 features on UCF101 (SPEC section 8).
+"""Video retrieval with R(2+1)D-10 features on UCF101 (SPEC section 8); `:hmdb51` after the
+file name runs it on HMDB51.
 
   python main.py --config=configs/retrieval_r21d_ucf101.py --workdir=runs/ret_ucf101 \
     --config.data.data_dir=/data/tfds --config.eval.init_from=runs/vspp_r21d_k100 \
@@ -12,20 +13,14 @@ import ml_collections
 from auxskd_jax.config import base_config
 
 
-def make_config(dataset: str) -> ml_collections.ConfigDict:
+def get_config(dataset: str | None = None) -> ml_collections.ConfigDict:
   c = base_config()
   c.task = "retrieval"
-  c.model.name = "r21d_10"
   split = ml_collections.FieldReference(1)
   c.data.split = split
-  c.data.name = dataset + "/split" + split.to_str()
-  c.clip.eval_clips = 10
+  c.data.name = (dataset or "ucf101") + "/split" + split.to_str()
   c.eval.batch_size = 8
   c.eval.init_from = ""
   c.eval.topk = (1, 5, 10, 20, 50)
   c.eval.pretrain_data = ""
   return c
-
-
-def get_config() -> ml_collections.ConfigDict:
-  return make_config("ucf101")

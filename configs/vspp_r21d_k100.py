@@ -1,29 +1,24 @@
-"""VSPP pretraining of R(2+1)D-10 on Kinetics-100 initialised from the auxSKD student encoder
-(SPEC section 4): batch 30, SGD lr 0.001, momentum 0.9, wd 0.005, x0.1 every 6 epochs,
-20 epochs, every video visited 10 times an epoch; 4 speeds x 4 segments.
+"""VSPP pretraining of R(2+1)D-10 (SPEC section 4): batch 30, SGD lr 0.001, momentum 0.9,
+wd 0.005, x0.1 every 6 epochs, 20 epochs, every video visited 10 times an epoch; 4 speeds x 4
+segments (the optimizer and clip values are `base_config()`'s, the paper's).
 
-Point `train.init_from` at the auxSKD run, e.g.
-`--config.train.init_from=runs/auxskd_r21d_k100` (empty = from scratch)."""
+The paper initialises the backbone from the auxSKD student: pass that run's workdir,
+  --config.train.init_from=/path/to/runs/auxskd --config.method_chain="auxSKD -> VSPP"
+Empty (the default) trains VSPP from scratch. On Kinetics-100 by default; `:ucf101` after the
+file name (`--config=configs/vspp_r21d_k100.py:ucf101`) pretrains on UCF101 split 1's train
+videos instead (labels unused).
+"""
 
 from auxskd_jax.config import base_config
 
+DATA = {"k100": "kinetics/k100", "ucf101": "ucf101/split1"}
 
-def get_config():
+
+def get_config(dataset: str | None = None):
   config = base_config()
   config.task = "vspp"
-  config.method_chain = "auxSKD -> VSPP"
-  config.model.name = "r21d_10"
-  config.data.name = "kinetics/k100"
-  config.clip.max_speed = 4
-  config.clip.num_segments = 4
-  config.train.batch_size = 30
-  config.train.num_epochs = 20
-  config.train.repeats_per_epoch = 10
-  config.train.init_from = "runs/auxskd_r21d_k100"
-  config.optim.learning_rate = 0.001
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 0.005
-  config.optim.schedule = "step"
-  config.optim.decay_epochs = 6
-  config.optim.decay_factor = 0.1
+  config.method_chain = "VSPP"
+  config.data.name = DATA[dataset or "k100"]
+  config.train.repeats_per_epoch = 10  # the paper visits every video 10 times an epoch
+  config.train.init_from = ""  # the auxSKD workdir for "auxSKD -> VSPP" (see above)
   return config

@@ -74,9 +74,9 @@ def test_vspp_offsets_match_spec_for_every_pair(clip_len, num_segments):
 
 def test_window_len_and_views_at_paper_settings():
   c = config_lib.base_config()
-  assert {t: ops.window_len(t, c) for t in ops.TASKS} == {
+  assert {t: ops.window_len(t, c) for t in ops.RECIPES} == {
       "auxskd": 31, "vspp": 31, "pace": 61, "vcop": 64, "clip": 16, "eval": 16, "rspnet": 61}
-  assert {t: ops.num_views(t, c) for t in ops.TASKS} == {
+  assert {t: ops.num_views(t, c) for t in ops.RECIPES} == {
       "auxskd": 2, "vspp": 1, "pace": 1, "vcop": 1, "clip": 1, "eval": 10, "rspnet": 2}
   with pytest.raises(ValueError, match="unknown"):
     ops.window_len("speednet", c)

@@ -16,7 +16,7 @@ from auxskd_jax.train.state import TrainState
 class _BlowsUp:
   """A one-parameter 'method' whose loss is finite until step `bad_from`, then NaN: it
   exercises the loop's NaN handling without compiling a network."""
-  task = "clip"
+  recipe = "clip"
 
   def __init__(self, bad_from: int):
     self.bad_from = bad_from

@@ -6,8 +6,11 @@ plan (which videos go into batch k of this shard) is pure arithmetic on k, which
 dataset random-access and grain's iterator state an exact resume point.
 
 Global order: the stream is epoch 0's order, then epoch 1's, ... (each a permutation of the
-videos from `seed` and the epoch when shuffling); process `shard_index` of `shard_count` takes
-stream positions `shard_index, shard_index + shard_count, ...`, and batches them in order.
+videos from `seed` and the epoch when shuffling), cut into global batches of
+`batch_size * shard_count` positions; process `shard_index` of `shard_count` takes the
+`shard_index`-th block of `batch_size` positions of every global batch. Its local devices split
+that block in order, so global device d always sees the same examples whatever the number of
+processes (a 2 x 2 run sees what a 1 x 4 run sees).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class _BatchPlans(grain.MapDataset):
       raise IndexError(k)
     plan = np.full((self._b, 2), -1, np.int64)
     for j in range(self._b):
-      pos = (k * self._b + j) * self._count + self._shard
+      pos = (k * self._count + self._shard) * self._b + j
       if self._total is not None and pos >= self._total:
         continue
       epoch, within = divmod(pos, self._n)
@@ -178,11 +181,6 @@ def num_batches(num_videos: int, *, batch_size: int, num_epochs: int = 1,
   """How many batches each shard's loader yields for a finite `num_epochs`."""
   total = num_videos * num_epochs
   if drop_remainder:
-    return (total // shard_count) // batch_size
-  return math.ceil(math.ceil(total / shard_count) / batch_size)
+    return total // (batch_size * shard_count)
+  return math.ceil(total / (batch_size * shard_count))
 
-
-def iterate_epoch(source: VideoSource, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over every video in order (eval): `make_loader` with num_epochs=1, no shuffle."""
-  kwargs = {"shuffle": False, "num_epochs": 1, "drop_remainder": False, **kwargs}
-  return make_loader(source, **kwargs)

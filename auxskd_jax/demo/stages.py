@@ -10,6 +10,8 @@ import copy
 
 import ml_collections
 
+from auxskd_jax import defaults
+
 ACTIONS = "video_folder/demo_actions"  # labelled train/test, for fine-tuning and retrieval
 POOL = "video_folder/demo_pool"  # unlabelled, for pretraining
 
@@ -99,8 +101,15 @@ def pretrain_config(config: ml_collections.ConfigDict, task: str, data_dir: str,
                     init_from: str, chain: str) -> ml_collections.ConfigDict:
   """`auxskd` or `vspp` on the unlabelled pool, with the demo's steps and learning rate."""
   stage = config.demo.auxskd if task == "auxskd" else config.demo.vspp
-  return _training_config(config, task, data_dir, POOL, stage,
-                          config.demo.pretrain_jitter_prob, init_from, chain)
+  c = _training_config(config, task, data_dir, POOL, stage, config.demo.pretrain_jitter_prob,
+                       init_from, chain)
+  with c.unlocked():
+    # The k-NN monitor on the labelled actions: is pretraining learning what the classes need?
+    c.evaluators = ("knn",)
+    c.eval.knn = defaults.knn()
+    c.eval.knn.data_name = ACTIONS
+    c.eval.knn.every_steps = max(1, stage.num_steps // config.demo.knn_points)
+  return c
 
 
 def finetune_config(config: ml_collections.ConfigDict, data_dir: str, init_from: str,
@@ -120,11 +129,9 @@ def retrieval_config(config: ml_collections.ConfigDict, data_dir: str, init_from
 def probe_config(config: ml_collections.ConfigDict, data_dir: str, init_from: str,
                  chain: str) -> ml_collections.ConfigDict:
   """A linear classifier on the frozen backbone's video features (`demo.probe_steps` steps)."""
-  from auxskd_jax.evaluate.linear_probe import probe_section
-
   c = _base(config, "linear_probe", data_dir, ACTIONS, chain)
   with c.unlocked():
     c.eval.init_from = init_from
-    c.probe = probe_section()
+    c.probe = defaults.probe()
     c.probe.steps = config.demo.probe_steps
   return c

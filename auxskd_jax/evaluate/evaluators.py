@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from auxskd_jax import data
+from auxskd_jax import data, defaults
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.evaluate import backbone, features, multiclip
 from auxskd_jax.evaluate.topk import DEFAULT_KS, knn_accuracy, topk_accuracy
@@ -43,22 +43,8 @@ class Evaluator(Protocol):
 
 
 def knn_section() -> ml_collections.ConfigDict:
-  """Defaults of `config.eval.knn`, the k-NN monitor of pretraining (evaluator `knn`)."""
-  k = ml_collections.ConfigDict()
-  k.data_dir = ""  # '' = data.data_dir
-  k.data_name = ""  # a labelled prepared set, e.g. 'ucf101/split1'; '' = data.name
-  k.train_split = "train"  # the gallery (the k-NN's "training" set)
-  k.test_split = "test"  # the queries
-  k.k = 20
-  # Each neighbour votes with weight exp(cosine / temperature) (Wu et al. 2018; DINO's k-NN);
-  # 0 = a plain majority vote.
-  k.temperature = 0.07
-  k.num_clips = 1  # uniformly spaced centre clips per video, features averaged
-  k.max_videos = 1000  # per split, evenly spaced over it (cost cap); 0 = every video
-  k.every_steps = 1000
-  k.batch_size = 0  # videos per host batch; 0 = eval.batch_size
-  k.feature_layer = "pool"  # features.FEATURE_LAYERS
-  return k
+  """Defaults of `config.eval.knn`, the k-NN monitor of pretraining (`defaults.knn()`)."""
+  return defaults.knn()
 
 
 def knn_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -22,21 +22,10 @@ from auxskd_jax.evaluate import (backbone, evaluators, features, linear_classifi
                                   report)
 
 
-def probe_section() -> ml_collections.ConfigDict:
-  """Defaults of `config.probe` (AdamW on standardised features)."""
-  p = ml_collections.ConfigDict()
-  p.per_clip = False
-  p.steps = 2000
-  p.learning_rate = 1e-3
-  p.weight_decay = 1e-4
-  p.batch_size = 256
-  return p
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   backbone.validate_data(config)
   require("probe" in config, "probe",
-          "the linear probe needs a probe section (auxskd_jax.evaluate.linear_probe.probe_section).")
+          "the linear probe needs a probe section (auxskd_jax.defaults.probe).")
   require(config.probe.steps > 0, "probe.steps", "must be positive.")
   require(config.probe.learning_rate > 0, "probe.learning_rate", "must be positive.")
   require(config.probe.batch_size > 0, "probe.batch_size", "must be positive.")

@@ -23,12 +23,12 @@ example (the reference splits each batch in halves), from 1..`clip.max_speed`; t
 applied after the optimizer step with the new weights, which is the reference's
 before-the-forward update one step later, the same sequence of teacher weights; the momentum
 encoder's BN follows auxSKD's `teacher_bn` choices (shuffled across devices by default, as the
-reference). The EMA, queue and shuffled-BN helpers are `methods.auxskd`'s.
+reference). The EMA, queue and shuffled-BN helpers are `methods/momentum.py`'s.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,28 +36,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from auxskd_jax import ops
 from auxskd_jax.config import require
-from auxskd_jax.methods import auxskd as auxskd_lib
+from auxskd_jax.methods import base, momentum
+from auxskd_jax.methods.momentum import normalize
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train.state import TrainState
 
-AXIS = "batch"
 HEADS = ("linear_appearance", "linear_speed")
-
-
-def config_section() -> ml_collections.ConfigDict:
-  """`config.rspnet` defaults: the RSPNet reference's values."""
-  c = ml_collections.ConfigDict()
-  c.embed_dim = 128
-  c.queue_size = 16384
-  c.momentum = 0.999
-  c.temperature = 0.07
-  c.margin = 2.0  # on similarities divided by the temperature, as the reference
-  c.weight_avid = 1.0
-  c.weight_rsp = 1.0
-  c.teacher_bn = "shuffle"  # momentum encoder's BN: 'shuffle', 'sync' or 'local'
-  return c
 
 
 def rsp_loss(q_m: jax.Array, k_m: jax.Array, o_m: jax.Array, temperature: float,
@@ -86,132 +71,85 @@ def avid_loss(q_a: jax.Array, k_a: jax.Array, o_a: jax.Array, queue: jax.Array,
 
 
 def _embed(out: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  return auxskd_lib.normalize(out[HEADS[0]]), auxskd_lib.normalize(out[HEADS[1]])
+  """(appearance, speed) embeddings, L2-normalised."""
+  return normalize(out[HEADS[0]]), normalize(out[HEADS[1]])
 
 
-def _pmean_tree(tree: Any) -> Any:
-  return jax.tree.map(lambda x: jax.lax.pmean(x, AXIS), tree)
+class RSPNet(base.Method):
+  """The RSPNet method (see `methods/base.py`)."""
+  recipe = "rspnet"
+  name = "RSPNet"
 
-
-class RSPNet:
-  """The RSPNet method for `train.loop.fit` (see docs/DESIGN.md, "The loop's contract")."""
-  task = "rspnet"
-
-  def __init__(self, config: ml_collections.ConfigDict,
-               make_clips: Callable[..., tuple[jax.Array, dict]] | None = None):
-    """`make_clips` defaults to `ops.make_clips`; tests pass a deterministic one."""
-    self.config = config
+  def __init__(self, config: ml_collections.ConfigDict, make_clips=None):
+    super().__init__(config, make_clips)
     self.section = config.rspnet
-    make_clips = make_clips or ops.make_clips
-    self.make_clips = make_clips
     heads = {name: self.section.embed_dim for name in HEADS}
     self.model = encoder_lib.build_encoder(config, heads=heads,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
-    teacher_axis = AXIS if self.section.teacher_bn == "sync" else None
-    self.teacher = encoder_lib.build_encoder(config, heads=heads, bn_axis_name=teacher_axis)
-    self.schedule: Callable[[Any], Any] | None = None
-    self.init_report = None
+    self.teacher = encoder_lib.build_encoder(
+        config, heads=heads, bn_axis_name=momentum.teacher_bn_axis(self.section.teacher_bn))
 
-  def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
-                 steps_per_epoch: int, total_steps: int | None = None) -> TrainState:
+  def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
+                   tx: Any) -> TrainState:
     """Encoder (backbone from `train.init_from` when set), its momentum copy, a random
     normalised queue."""
-    from auxskd_jax.train import optim
-
-    total_steps = total_steps or steps_per_epoch * config.train.num_epochs
     k_enc, k_queue = jax.random.split(rng)
-    enc, self.init_report = encoder_lib.init_encoder(self.model, config, k_enc, "RSPNet")
-    queue = auxskd_lib.normalize(jax.random.normal(
-        k_queue, (self.section.queue_size, self.section.embed_dim), jnp.float32))
-    tx, self.schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
-    teacher = jax.tree.map(jnp.array, enc)  # a copy, not an alias: donation frees buffers
+    enc, self.init_report = encoder_lib.init_encoder(self.model, config, k_enc, self.name)
+    queue = momentum.random_queue(k_queue, self.section.queue_size, self.section.embed_dim)
     logging.info("RSPNet: encoder %s (%d params), queue %s", config.model.name,
                  sum(int(np.prod(p.shape)) for p in jax.tree.leaves(enc["params"])), queue.shape)
     return TrainState.create(
         params={"encoder": enc["params"]}, batch_stats={"encoder": enc["batch_stats"]}, tx=tx,
-        extras={"teacher": teacher, "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)})
+        extras=momentum.momentum_extras(enc, queue))
 
   def _keys(self, teacher: dict[str, Any], x: jax.Array,
-            shuffle_key: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Any]:
+            shared_key: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Any]:
     """Momentum-encoder embeddings (appearance, speed) of `x`, and its new BN statistics."""
-    def apply(v: jax.Array) -> tuple[jax.Array, Any]:
-      out, updates = self.teacher.apply(teacher, v, train=True, mutable=["batch_stats"])
-      return jnp.concatenate([out[HEADS[0]], out[HEADS[1]]], -1), updates["batch_stats"]
+    out, stats = momentum.teacher_forward(self.teacher, teacher, x, self.section.teacher_bn,
+                                          shared_key)
+    a, m = _embed(out)
+    return (jax.lax.stop_gradient(a), jax.lax.stop_gradient(m)), stats
 
-    if self.section.teacher_bn == "shuffle":
-      both, stats = auxskd_lib.shuffled_apply(apply, x, shuffle_key)
-    else:
-      both, stats = apply(x)
-    d = self.section.embed_dim
-    a, m = both[:, :d], both[:, d:]
-    return (jax.lax.stop_gradient(auxskd_lib.normalize(a)),
-            jax.lax.stop_gradient(auxskd_lib.normalize(m))), stats
-
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
-                 key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One pmapped step (axis 'batch'); `key` is the run's base key, same on every device."""
+  def loss(self, params, state, clips, labels, keys):
     s = self.section
-    step_key = jax.random.fold_in(key, state.step)
-    device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
-    clips, _ = self.make_clips("rspnet", device_key, batch, self.config, train=True)
     x_q, x_k, x_o = clips[:, 0], clips[:, 1], clips[:, 2]
-    # The other-speed key first, then the key, as the reference's forwards (BN statistics).
+    # The other-speed key first, then the key, as the reference's forwards (BN statistics);
+    # each forward shuffles with its own shared key.
+    k_other, k_same = jax.random.split(keys.shared)
     teacher = state.extras["teacher"]
-    (o_a, o_m), stats_o = self._keys(teacher, x_o, jax.random.fold_in(step_key, 1))
-    (k_a, k_m), teacher_stats = self._keys({"params": teacher["params"], "batch_stats": stats_o},
-                                           x_k, jax.random.fold_in(step_key, 2))
-    queue = state.extras["queue"]
+    (o_a, o_m), stats_o = self._keys(teacher, x_o, k_other)
+    (k_a, k_m), teacher_stats = self._keys(
+        {"params": teacher["params"], "batch_stats": stats_o}, x_k, k_same)
+    out, stats = encoder_lib.apply_train(self.model, params["encoder"],
+                                         state.batch_stats["encoder"], x_q)
+    q_a, q_m = _embed(out)
+    l_avid, acc_avid = avid_loss(q_a, k_a, o_a, state.extras["queue"], s.temperature)
+    l_rsp, acc_rsp = rsp_loss(q_m, k_m, o_m, s.temperature, s.margin)
+    metrics = {"loss_avid": l_avid, "loss_rsp": l_rsp, "accuracy_avid": acc_avid,
+               "accuracy_rsp": acc_rsp}
+    return s.weight_avid * l_avid + s.weight_rsp * l_rsp, {
+        "batch_stats": {"encoder": stats}, "metrics": metrics,
+        "teacher_stats": teacher_stats, "keys": o_a}
 
-    def loss_fn(params: Any) -> tuple[jax.Array, Any]:
-      out, updates = self.model.apply(
-          {"params": params["encoder"], "batch_stats": state.batch_stats["encoder"]}, x_q,
-          train=True, mutable=["batch_stats"])
-      q_a, q_m = _embed(out)
-      l_avid, acc_avid = avid_loss(q_a, k_a, o_a, queue, s.temperature)
-      l_rsp, acc_rsp = rsp_loss(q_m, k_m, o_m, s.temperature, s.margin)
-      loss = s.weight_avid * l_avid + s.weight_rsp * l_rsp
-      return loss, (updates["batch_stats"], l_avid, l_rsp, acc_avid, acc_rsp)
+  def after_update(self, old_state, new_state, aux):
+    del old_state
+    return momentum.update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"],
+                                             self.section.momentum)
 
-    (loss, (stats, l_avid, l_rsp, acc_avid, acc_rsp)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_mean_gradients(grads, {"encoder": stats}, AXIS)
-    teacher = {"params": auxskd_lib.ema(teacher["params"], new_state.params["encoder"],
-                                        s.momentum),
-               "batch_stats": _pmean_tree(teacher_stats)}
-    queue, ptr = auxskd_lib.enqueue(queue, state.extras["queue_ptr"],
-                                    jax.lax.all_gather(o_a, AXIS, tiled=True))
-    new_state = new_state.replace(extras={"teacher": teacher, "queue": queue, "queue_ptr": ptr})
-    metrics = jax.lax.pmean({"loss": loss, "loss_avid": l_avid, "loss_rsp": l_rsp,
-                             "accuracy_avid": acc_avid, "accuracy_rsp": acc_rsp}, AXIS)
-    if self.schedule is not None:
-      metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
-    return new_state, metrics
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """RSPNet-specific checks (the shared ones run in `config.validate`)."""
-  require("rspnet" in config, "rspnet",
-          "an RSPNet config needs an `rspnet` section (see configs/rspnet_r21d_k100.py).")
-  s = config.rspnet
-  require(s.embed_dim > 0, "rspnet.embed_dim", "must be positive (128 in the paper).")
-  require(s.queue_size > 0, "rspnet.queue_size", "must be positive (16384 in the paper).")
-  require(0.0 <= s.momentum < 1.0, "rspnet.momentum", "is the key encoder's EMA in [0, 1).")
-  require(s.temperature > 0, "rspnet.temperature", "must be positive (0.07).")
-  require(s.margin >= 0, "rspnet.margin", "must be 0 or more (2.0 on similarities / T).")
-  require(s.weight_avid >= 0 and s.weight_rsp >= 0 and s.weight_avid + s.weight_rsp > 0,
-          "rspnet.weight_avid", "loss weights must be >= 0 and not both 0 (1.0 and 1.0).")
-  require(s.teacher_bn in auxskd_lib.TEACHER_BN, "rspnet.teacher_bn",
-          f"use one of {auxskd_lib.TEACHER_BN}.")
-  from auxskd_jax.train import loop
-
-  ops.validate("rspnet", config)
-  loop.validate(config)
+  @classmethod
+  def check(cls, config: ml_collections.ConfigDict) -> None:
+    require("rspnet" in config, "rspnet",
+            "an RSPNet config needs an `rspnet` section (see configs/rspnet_r21d_k100.py).")
+    s = config.rspnet
+    require(s.embed_dim > 0, "rspnet.embed_dim", "must be positive (128 in the paper).")
+    require(s.queue_size > 0, "rspnet.queue_size", "must be positive (16384 in the paper).")
+    require(0.0 <= s.momentum < 1.0, "rspnet.momentum", "is the key encoder's EMA in [0, 1).")
+    require(s.temperature > 0, "rspnet.temperature", "must be positive (0.07).")
+    require(s.margin >= 0, "rspnet.margin", "must be 0 or more (2.0 on similarities / T).")
+    require(s.weight_avid >= 0 and s.weight_rsp >= 0 and s.weight_avid + s.weight_rsp > 0,
+            "rspnet.weight_avid", "loss weights must be >= 0 and not both 0 (1.0 and 1.0).")
+    require(s.teacher_bn in momentum.TEACHER_BN, "rspnet.teacher_bn",
+            f"use one of {momentum.TEACHER_BN}.")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """The `rspnet` task: pretrain (from `train.init_from` if set), checkpointing to `workdir`."""
-  from auxskd_jax.train import loop
-
-  validate(config)
-  state = loop.fit(RSPNet(config), config, workdir)
-  return {"workdir": workdir, "step": int(state.step)}
+run, validate = base.task(RSPNet)

@@ -1,9 +1,9 @@
 """VCOP: video clip order prediction (Xu et al., CVPR 2019; SPEC section 5).
 
-n = 3 clips of L = 16 frames, 8-frame gaps between them, are shuffled
-(`ops.make_clips('vcop', ...)`); the shared backbone gives each clip's pooled features
-(`features_only`, 512 at width 64), and the VCOPN head predicts which of the n! = 6 orders
-they came in, in the VCOP paper's order of operations:
+n = 3 clips of L = 16 frames, 8-frame gaps between them, are shuffled (recipe `vcop`); the
+shared backbone gives each clip's pooled features (`features_only`, 512 at width 64), and the
+VCOPN head predicts which of the n! = 6 orders they came in, in the VCOP paper's order of
+operations:
 
   for every pair i < j (itertools order): fc7(concat(f_i, f_j)) -> ReLU     (512*2 -> 512)
   concat the n(n-1)/2 pair outputs -> dropout(0.5) -> fc8 -> n! logits
@@ -20,7 +20,7 @@ clips, so their statistics come from the same distribution.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,20 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from auxskd_jax import ops
+from auxskd_jax import defaults, models
 from auxskd_jax.config import require
+from auxskd_jax.methods import base
 from auxskd_jax.train import encoder as encoder_lib
-from auxskd_jax.train.state import TrainState, device_key, step_metrics
-
-AXIS = "batch"
-
-
-def config_section() -> ml_collections.ConfigDict:
-  """`config.vcop` defaults: the VCOP reference's head."""
-  c = ml_collections.ConfigDict()
-  c.hidden = 512  # fc7 width
-  c.dropout = 0.5
-  return c
+from auxskd_jax.train.state import TrainState
 
 
 def pairs(num_clips: int) -> list[tuple[int, int]]:
@@ -70,41 +61,30 @@ class VCOPHead(nn.Module):
 def order_loss(logits: jax.Array, order: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mean cross-entropy, accuracy) of order logits `[B, n!]` against order labels `[B]`."""
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, order)
-  accuracy = jnp.mean((jnp.argmax(logits, -1) == order).astype(jnp.float32))
-  return jnp.mean(ce), accuracy
+  return jnp.mean(ce), encoder_lib.accuracy(logits, order)
 
 
-class VCOP:
-  """The VCOP method for `train.loop.fit` (see docs/DESIGN.md, "The loop's contract")."""
-  task = "vcop"
+class VCOP(base.Method):
+  """The VCOP method (see `methods/base.py`)."""
+  recipe = "vcop"
+  name = "VCOP"
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               make_clips: Callable[..., tuple[jax.Array, dict]] | None = None):
-    """`make_clips` defaults to `ops.make_clips`; tests may pass a deterministic one."""
-    self.config = config
-    section = config.get("vcop", None) or config_section()
-    make_clips = make_clips or ops.make_clips
-    self.make_clips = make_clips
+  def __init__(self, config: ml_collections.ConfigDict, make_clips=None):
+    super().__init__(config, make_clips)
+    section = config.get("vcop", None) or defaults.vcop()
     self.model = encoder_lib.build_encoder(config,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
     self.head = VCOPHead(num_clips=config.clip.vcop_clips, hidden=section.hidden,
                          dropout=section.dropout)
-    self.schedule: Callable[[Any], Any] | None = None
-    self.init_report = None
 
-  def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
-                 steps_per_epoch: int, total_steps: int | None = None) -> TrainState:
+  def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
+                   tx: Any) -> TrainState:
     """A fresh head; the backbone from `config.train.init_from` when given."""
-    from auxskd_jax import models
-    from auxskd_jax.train import optim
-
-    total_steps = total_steps or steps_per_epoch * config.train.num_epochs
     k_enc, k_head = jax.random.split(rng)
-    variables, self.init_report = encoder_lib.init_encoder(self.model, config, k_enc, "VCOP")
+    variables, self.init_report = encoder_lib.init_encoder(self.model, config, k_enc, self.name)
     dim = models.feature_dim(config.model.name, config.model.width)
     head = self.head.init(k_head, jnp.zeros((2, config.clip.vcop_clips, dim), jnp.float32),
                           train=False)
-    tx, self.schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
     return TrainState.create(
         params={"encoder": variables["params"], "vcop_head": head["params"]},
         batch_stats={"encoder": variables["batch_stats"]}, tx=tx)
@@ -115,53 +95,29 @@ class VCOP:
     (the input ones when `train=False`)."""
     b, n = clips.shape[:2]
     flat = clips.reshape(b * n, *clips.shape[2:])
-    variables = {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}
     if train:
-      feats, updates = self.model.apply(variables, flat, train=True, features_only=True,
-                                        mutable=["batch_stats"])
-      stats = updates["batch_stats"]
+      feats, stats = encoder_lib.apply_train(self.model, params["encoder"],
+                                             batch_stats["encoder"], flat, features_only=True)
     else:
-      feats = self.model.apply(variables, flat, features_only=True)
-      stats = variables["batch_stats"]
+      stats = batch_stats["encoder"]
+      feats = self.model.apply({"params": params["encoder"], "batch_stats": stats}, flat,
+                               features_only=True)
     rngs = {"dropout": dropout_key} if train else {}
     out = self.head.apply({"params": params["vcop_head"]}, feats.reshape(b, n, -1),
                           train=train, rngs=rngs)
     return out, stats
 
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
-                 key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One pmapped step (axis 'batch'); `key` is the run's base key, same on every device."""
-    key = device_key(key, state.step, AXIS)
-    k_clips, k_dropout = jax.random.split(key)
-    clips, labels = self.make_clips("vcop", k_clips, batch, self.config, train=True)
+  def loss(self, params, state, clips, labels, keys):
+    logits, stats = self.logits(params, state.batch_stats, clips, train=True,
+                                dropout_key=keys.method)
+    loss, accuracy = order_loss(logits, labels["order"])
+    return loss, {"batch_stats": {"encoder": stats}, "metrics": {"accuracy": accuracy}}
 
-    def loss_fn(params: Any) -> tuple[jax.Array, Any]:
-      logits, stats = self.logits(params, state.batch_stats, clips, train=True,
-                                  dropout_key=k_dropout)
-      loss, accuracy = order_loss(logits, labels["order"])
-      return loss, (stats, accuracy)
-
-    (loss, (stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_mean_gradients(grads, {"encoder": stats}, AXIS)
-    return new_state, step_metrics({"loss": loss, "accuracy": accuracy}, self.schedule,
-                                   state.step, AXIS)
+  @classmethod
+  def check(cls, config: ml_collections.ConfigDict) -> None:
+    if "vcop" in config:
+      require(config.vcop.hidden > 0, "vcop.hidden", "must be positive (512 in the paper).")
+      require(0.0 <= config.vcop.dropout < 1.0, "vcop.dropout", "is a rate in [0, 1) (0.5).")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """VCOP-specific checks (the shared ones run in `config.validate`)."""
-  if "vcop" in config:
-    require(config.vcop.hidden > 0, "vcop.hidden", "must be positive (512 in the paper).")
-    require(0.0 <= config.vcop.dropout < 1.0, "vcop.dropout", "is a rate in [0, 1) (0.5).")
-  from auxskd_jax.train import loop
-
-  ops.validate("vcop", config)
-  loop.validate(config)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """The `vcop` task: pretrain (from `train.init_from` if set), checkpointing to `workdir`."""
-  from auxskd_jax.train import loop
-
-  validate(config)
-  state = loop.fit(VCOP(config), config, workdir)
-  return {"workdir": workdir, "step": int(state.step)}
+run, validate = base.task(VCOP)

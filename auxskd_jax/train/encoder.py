@@ -1,4 +1,4 @@
-"""Building and initialising backbones the way every training method needs them."""
+"""Building, initialising and applying backbones the way every training method needs them."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from auxskd_jax import models
+from auxskd_jax.train import init_from
+from auxskd_jax.train.state import TrainState
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_encoder(config: ml_collections.ConfigDict, *, num_classes: int | None = None,
                   heads: dict[str, int] | None = None,
                   bn_axis_name: str | None = None) -> nn.Module:
   """`models.build` with the config's backbone name, width and compute dtype."""
-  from auxskd_jax import models  # local: lets configs and validation import without models
-
   return models.build(config.model.name, num_classes=num_classes, heads=heads,
                       dtype=DTYPES[config.model.dtype], bn_axis_name=bn_axis_name,
                       width=config.model.width)
@@ -40,6 +42,14 @@ def init_variables(module: nn.Module, rng: jax.Array, x: jax.Array) -> dict[str,
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
+def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array,
+                **kwargs: Any) -> tuple[Any, Any]:
+  """A training-mode forward: (outputs, new BN statistics)."""
+  out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                              mutable=["batch_stats"], **kwargs)
+  return out, updates["batch_stats"]
+
+
 def init_encoder(model: Any, config: ml_collections.ConfigDict, rng: jax.Array,
                  name: str) -> tuple[dict[str, Any], Any]:
   """Fresh variables of `model`, with the backbone from `config.train.init_from` when set.
@@ -47,8 +57,6 @@ def init_encoder(model: Any, config: ml_collections.ConfigDict, rng: jax.Array,
   Returns (variables, load report or None). Shared by the pretext methods that start from an
   auxSKD student (VSPP, VideoPace, VCOP, RSPNet).
   """
-  from auxskd_jax.train import init_from
-
   variables = init_variables(model, rng, dummy_clip(config))
   if not config.train.init_from:
     logging.info("%s: backbone %s from scratch.", name, config.model.name)
@@ -59,17 +67,16 @@ def init_encoder(model: Any, config: ml_collections.ConfigDict, rng: jax.Array,
   return variables, report
 
 
-def init_encoder_state(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array,
-                       steps_per_epoch: int, total_steps: int | None, name: str
-                       ) -> tuple[Any, Any, Any]:
-  """(TrainState, load report or None, lr schedule) for methods whose whole trainable state is
-  the backbone with its heads (VSPP, VideoPace)."""
-  from auxskd_jax.train import optim
-  from auxskd_jax.train.state import TrainState
-
-  total_steps = total_steps or steps_per_epoch * config.train.num_epochs
+def encoder_state(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array, tx: Any,
+                  name: str) -> tuple[TrainState, Any]:
+  """(TrainState, load report or None) for methods whose whole trainable state is the backbone
+  with its heads (VSPP, VideoPace, fine-tuning)."""
   variables, report = init_encoder(model, config, rng, name)
-  tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
   state = TrainState.create(params={"encoder": variables["params"]},
                             batch_stats={"encoder": variables["batch_stats"]}, tx=tx)
-  return state, report, schedule
+  return state, report
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Top-1 accuracy of logits `[B, C]` against integer labels `[B]`."""
+  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))

@@ -1,14 +1,15 @@
-"""The training loop every method shares: `fit(method, config, workdir)`.
+"""The training loop every method shares: `fit(method, config, workdir, evaluators=...)`.
 
-A method (docs/DESIGN.md, "The loop's contract") gives an unreplicated initial state and a pure
-step `(state, batch, key) -> (state, metrics)`; the loop owns devices, data, the pmapped step
-with donated state, checkpoints (resumed automatically from `workdir`), logs and NaN stops.
+A method (`methods/base.py`) gives an unreplicated initial state, the name of its clip recipe
+and a pure step `(state, batch, key) -> (state, metrics)` (`train/step.py`); the loop owns
+devices, data, the pmapped step with donated state, checkpoints (resumed automatically from
+`workdir`), logs, the evaluators the config lists, and stops on a non-finite loss or state.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from auxskd_jax import config as config_lib
+from auxskd_jax import ops
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.train import checkpoint as ckpt_lib
 from auxskd_jax.train import devices
@@ -25,7 +27,7 @@ from auxskd_jax.train.state import TrainState
 
 
 class Method(Protocol):
-  task: str
+  recipe: str  # the clip recipe it trains on (`ops.RECIPES`): the loader ships its windows
 
   def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                  steps_per_epoch: int, total_steps: int | None = None) -> TrainState:
@@ -36,8 +38,18 @@ class Method(Protocol):
     ...
 
 
+class Evaluator(Protocol):
+  """Run every `every_steps` steps (and after the last) on every process; process 0 logs the
+  returned scalars under `name` (`auxskd_jax/evaluate/evaluators.py`)."""
+  name: str
+  every_steps: int
+
+  def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
+    ...
+
+
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or inf; the run stopped without saving the bad state."""
+  """The loss or the state became NaN or inf; the run stopped without saving the bad state."""
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -105,13 +117,15 @@ class _DevicePrefetcher:
     return self._queue.popleft()
 
 
-def make_train_loader(task: str, config: ml_collections.ConfigDict, source: Any) -> Any:
-  """The training iterator: random window starts, shuffled, endless; one shard per host."""
-  from auxskd_jax import data, ops
+def make_train_loader(recipe: str, config: ml_collections.ConfigDict, source: Any) -> Any:
+  """The training iterator: random window starts, shuffled, endless; one shard per process,
+  with the windows `recipe` needs."""
+  from auxskd_jax import data
 
+  clips = ops.get_recipe(recipe, config)
   return data.make_loader(
       source, batch_size=config.train.batch_size // jax.process_count(),
-      views=ops.num_views(task, config), window_len=ops.window_len(task, config),
+      views=clips.num_views(), window_len=clips.window_len(),
       start_mode="random", seed=int(config.seed), shuffle=True, num_epochs=None,
       drop_remainder=True, shard_index=jax.process_index(), shard_count=jax.process_count(),
       workers=int(config.data.workers))
@@ -123,10 +137,19 @@ def open_train_source(config: ml_collections.ConfigDict) -> Any:
   return data.open_split(config.data.data_dir, config.data.name, config.data.train_split)
 
 
-def fit(method: Method, config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def encoder_variables(r_state: TrainState) -> dict[str, Any]:
+  """The backbone (with its heads) of a replicated state, on the host, for evaluators."""
+  return devices.unreplicate({"params": r_state.params["encoder"],
+                              "batch_stats": r_state.batch_stats["encoder"]})
+
+
+def fit(method: Method, config: ml_collections.ConfigDict, workdir: str, *,
+        evaluators: Sequence[Evaluator] = ()) -> TrainState:
   """Trains `method` to the configured length; resumes from `workdir`'s latest checkpoint.
 
-  Returns the final state, unreplicated, on the host.
+  Every evaluator runs each `every_steps` steps and after the last step; its scalars go to the
+  same TensorBoard / metrics.jsonl under its name. Returns the final state, unreplicated, on
+  the host.
   """
   validate(config)
   is_chief = jax.process_index() == 0
@@ -138,7 +161,7 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str) -> Trai
   state = method.init_state(config, init_rng, steps_per_epoch, total_steps=total_steps)
 
   manager = ckpt_lib.make_manager(workdir, keep=config.train.keep_checkpoints)
-  loader = make_train_loader(method.task, config, source)
+  loader = make_train_loader(method.recipe, config, source)
   restored = ckpt_lib.restore_latest(manager, state)
   if restored is not None:
     state, loader_state = restored
@@ -146,7 +169,7 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str) -> Trai
       loader.set_state(loader_state)
     logging.info("Resumed from %s at step %d.", ckpt_lib.checkpoint_dir(workdir), int(state.step))
   start = int(state.step)
-  logging.info("%s: %d devices, global batch %d, %d steps/epoch, %d steps.", method.task,
+  logging.info("%s: %d devices, global batch %d, %d steps/epoch, %d steps.", method.recipe,
                jax.device_count(), config.train.batch_size, steps_per_epoch, total_steps)
   if start >= total_steps:
     manager.close()
@@ -174,7 +197,12 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str) -> Trai
       if step == start + 1:  # keep compilation out of the throughput figures
         jax.block_until_ready(metrics)
         logger.reset_timer(step)
-      bad = jnp.logical_or(bad, ~jnp.all(jnp.isfinite(metrics["loss"])))  # async, no sync
+      # Async, no host sync: the loss, and every array of the new state (an infinite gradient
+      # with a finite loss still writes NaN parameters).
+      finite = jnp.all(jnp.isfinite(metrics["loss"]))
+      if "state_finite" in metrics:
+        finite = jnp.logical_and(finite, jnp.all(metrics["state_finite"] > 0))
+      bad = jnp.logical_or(bad, ~finite)
       window.append(metrics)
       log_now = step % config.train.log_every == 0 or step == total_steps
       save_now = step % config.train.checkpoint_every == 0 or step == total_steps
@@ -182,7 +210,7 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str) -> Trai
         if bool(bad):
           manager.wait_until_finished()
           raise NonFiniteLossError(
-              f"the training loss became NaN/inf at or before step {step}; stopped without "
+              f"the training loss or state became NaN/inf at or before step {step}; stopped without "
               f"saving. The last good checkpoint is step {last_saved} in "
               f"{ckpt_lib.checkpoint_dir(workdir)}. Lower --config.optim.learning_rate or "
               "check the input data.")
@@ -196,6 +224,11 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str) -> Trai
         ckpt_lib.save(manager, step, devices.unreplicate(r_state), loader_state,
                       force=step == total_steps)
         last_saved = step
+      for ev in evaluators:
+        if (ev.every_steps > 0 and step % ev.every_steps == 0) or step == total_steps:
+          results = ev(encoder_variables(r_state), step)
+          logger.write(step, results, prefix=ev.name)
+          logger.reset_timer(step)
     manager.wait_until_finished()
   finally:
     manager.close()

@@ -1,0 +1,109 @@
+"""Momentum-contrast pieces shared by auxSKD and RSPNet: L2 normalisation, a random normalised
+queue, ring-buffer enqueue, the EMA teacher, and shuffled BN across devices.
+
+Choices where the references are silent: the EMA runs after the optimizer step with the new
+student weights, theta_k <- m theta_k + (1 - m) theta_q(new) (RSPNet's reference updates before
+its forward, which is the same sequence of teacher weights one step later); the teacher's batch
+statistics are averaged over devices after each step so replicas stay identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from auxskd_jax.train.state import TrainState
+
+AXIS = "batch"
+TEACHER_BN = ("shuffle", "sync", "local")
+
+
+def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """L2 normalisation along the last axis, as torch.nn.functional.normalize."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def random_queue(key: jax.Array, size: int, dim: int) -> jax.Array:
+  """The initial queue `[size, dim]`: random normal rows, L2-normalised."""
+  return normalize(jax.random.normal(key, (size, dim), jnp.float32))
+
+
+def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Writes `keys` [G, D] over the oldest entries of `queue` [K, D], ring-buffer style.
+
+  Write indices are modular, so K need not be a multiple of G; if G > K only the newest K
+  keys can be kept, exactly as writing them one by one would leave the queue.
+  """
+  size, count = queue.shape[0], keys.shape[0]
+  if count > size:
+    ptr = (ptr + count - size) % size
+    keys = keys[count - size:]
+    count = size
+  idx = (ptr + jnp.arange(count)) % size
+  queue = queue.at[idx].set(keys.astype(queue.dtype))
+  return queue, ((ptr + count) % size).astype(jnp.int32)
+
+
+def ema(teacher: Any, student: Any, momentum: float) -> Any:
+  return jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s, teacher, student)
+
+
+def shuffled_apply(apply: Callable[[jax.Array], tuple[jax.Array, Any]], x: jax.Array,
+                   key: jax.Array, axis_name: str = AXIS) -> tuple[jax.Array, Any]:
+  """Shuffled BN across devices: gather the global batch, permute it with a key every device
+  shares, run this device's slice (its BN sees a random subset), then gather and un-permute
+  so each device gets back the outputs (an array or a tree of them) of its own examples. Over several processes the gather
+  spans every device of every process, so the permutation is of the global batch."""
+  n = x.shape[0]
+  everything = jax.lax.all_gather(x, axis_name, tiled=True)
+  perm = jax.random.permutation(key, everything.shape[0])
+  i = jax.lax.axis_index(axis_name)
+  mine = jax.lax.dynamic_slice_in_dim(everything[perm], i * n, n)
+  out, extra = apply(mine)
+
+  def own_examples(o: jax.Array) -> jax.Array:
+    everyone = jax.lax.all_gather(o, axis_name, tiled=True)
+    unpermuted = jnp.zeros_like(everyone).at[perm].set(everyone)
+    return jax.lax.dynamic_slice_in_dim(unpermuted, i * n, n)
+
+  return jax.tree.map(own_examples, out), extra
+
+
+def teacher_bn_axis(mode: str) -> str | None:
+  """The BN axis of a teacher network: only 'sync' averages statistics over devices."""
+  return AXIS if mode == "sync" else None
+
+
+def teacher_forward(module: nn.Module, variables: dict[str, Any], x: jax.Array, mode: str,
+                    shared_key: jax.Array) -> tuple[Any, Any]:
+  """The teacher's training-mode forward (outputs, new BN statistics) with its BN `mode`:
+  'shuffle' (across devices, keyed by `shared_key`), 'sync' or 'local'."""
+  def apply(v: jax.Array) -> tuple[Any, Any]:
+    out, updates = module.apply(variables, v, train=True, mutable=["batch_stats"])
+    return out, updates["batch_stats"]
+
+  if mode == "shuffle":
+    return shuffled_apply(apply, x, shared_key)
+  return apply(x)
+
+
+def update_teacher_and_queue(state: TrainState, teacher_stats: Any, keys: jax.Array,
+                             momentum: float) -> TrainState:
+  """After the optimizer step: EMA of the new encoder into the teacher, its BN statistics
+  averaged over devices, and the global batch of `keys` enqueued (identical on every device)."""
+  extras = state.extras
+  teacher = {"params": ema(extras["teacher"]["params"], state.params["encoder"], momentum),
+             "batch_stats": jax.tree.map(lambda s: jax.lax.pmean(s, AXIS), teacher_stats)}
+  queue, ptr = enqueue(extras["queue"], extras["queue_ptr"],
+                       jax.lax.all_gather(keys, AXIS, tiled=True))
+  return state.replace(extras=dict(extras, teacher=teacher, queue=queue, queue_ptr=ptr))
+
+
+def momentum_extras(encoder: dict[str, Any], queue: jax.Array) -> dict[str, Any]:
+  """`extras` of a momentum method: the teacher as an exact copy of the encoder (a copy, not
+  an alias: donation frees buffers), the queue and its pointer."""
+  return {"teacher": jax.tree.map(jnp.array, encoder), "queue": queue,
+          "queue_ptr": jnp.zeros((), jnp.int32)}
