@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from auxskd_jax.config import ConfigError, require
+from auxskd_jax.errors import ConfigError, require
 
 _FLAG = "--config.distributed"
 # Keys that legitimately differ between the processes of one job.
