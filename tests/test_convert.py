@@ -28,24 +28,59 @@ def trained_torch_model(name, width=8, heads=HEADS, seed=0):
   return model.eval()
 
 
-@pytest.mark.parametrize("name", ["r21d_10", "r3d_10", "c3d"])
-def test_eval_outputs_match_pytorch(name):
+@pytest.mark.parametrize("name,clip", [
+    ("r21d_10", (8, 32)), ("r3d_10", (8, 32)), ("c3d", (8, 32)),
+    # 40 px: S3D-G's ceil-mode pools meet odd sizes (21 -> 10 -> 5 -> 3) and a partial window.
+    ("s3d_g", (8, 40))])
+def test_eval_outputs_match_pytorch(name, clip):
   torch.set_num_threads(1)
   model = trained_torch_model(name)
-  x = torch.rand(2, 3, 8, 16, 16) * 255
+  t, size = clip
+  x = torch.rand(2, 3, t, size, size) * 255
   with torch.no_grad():
     want = model(x)
     want_features = model(x, features_only=True)
+    want_conv5 = model(x, features_only=True, feature_layer="conv5_maxpool")
   variables = convert.from_torch(model.state_dict(), name)
   flax_model = models.build(name, heads=HEADS, width=8)
   clips = jnp.asarray(x.numpy().transpose(0, 2, 3, 4, 1))  # NCDHW -> NDHWC
-  got, features = jax.jit(lambda v, c: (flax_model.apply(v, c),
-                                        flax_model.apply(v, c, features_only=True)))(
-                                            variables, clips)
+  got, features, conv5 = jax.jit(lambda v, c: (
+      flax_model.apply(v, c), flax_model.apply(v, c, features_only=True),
+      flax_model.apply(v, c, features_only=True, feature_layer="conv5_maxpool")))(
+          variables, clips)
   assert set(got) == set(HEADS)
+  scale = float(np.abs(want_features.numpy()).max())
   for head in HEADS:
-    np.testing.assert_allclose(got[head], want[head].numpy(), atol=1e-4, rtol=0)
-  np.testing.assert_allclose(features, want_features.numpy(), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(got[head], want[head].numpy(), atol=1e-4 * max(1, scale), rtol=0)
+  np.testing.assert_allclose(features, want_features.numpy(), atol=1e-4 * max(1, scale),
+                             rtol=1e-5)
+  # VCOP's retrieval features, flattened in PyTorch's (C, T, H, W) order.
+  assert conv5.shape == tuple(want_conv5.shape) == (2, models.feature_dim(
+      name, 8, "conv5_maxpool", t, size))
+  np.testing.assert_allclose(conv5, want_conv5.numpy(), atol=1e-4 * max(1, scale), rtol=1e-5)
+
+
+def test_s3dg_state_dict_is_the_releases():
+  """532 entries (conv1.conv1.weight ... fc.*) and 9,277,200 trainable parameters with a
+  128-d head; convert maps every one of them both ways."""
+  net = reference_torch.build_torch("s3d_g", num_classes=128)
+  sd = net.state_dict()
+  assert len(sd) == 532
+  assert sum(p.numel() for p in net.parameters() if p.requires_grad) == 9_277_200
+  for key in ("conv1.conv1.weight", "conv1.bn1.running_var", "conv_2b.conv1.weight",
+              "conv_2c.conv2.weight", "gating.fc.weight", "mixed_3b.conv_b1_b.bn2.weight",
+              "mixed_5c.gating_b3.fc.bias", "fc.weight", "fc.bias"):
+    assert key in sd, key
+  assert {k.split(".")[0] for k in sd} == {
+      "conv1", "conv_2b", "conv_2c", "gating", "fc", "mixed_3b", "mixed_3c", "mixed_4b",
+      "mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f", "mixed_5b", "mixed_5c"}
+  variables = convert.from_torch(sd, "s3d_g")
+  assert variables["params"]["linear"]["kernel"].shape == (1024, 128)
+  assert variables["params"]["conv1"]["conv1"]["kernel"].shape == (2, 4, 4, 24, 64)
+  back = convert.to_torch(variables, "s3d_g")
+  assert set(back) == set(sd)
+  for key, value in sd.items():
+    np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
 
 
 def test_round_trip_is_exact_and_infers_heads_and_width():
@@ -107,6 +142,8 @@ def test_mismatched_keys_name_the_first_missing_and_unexpected():
     convert.from_torch(sd, "r3d_10", heads={"linear": 7, "linear_segment": 3})
   with pytest.raises(convert.CheckpointMismatchError, match="look like a 'r3d_10' checkpoint"):
     convert.from_torch(sd, "r21d_10")
+  with pytest.raises(convert.CheckpointMismatchError, match="look like a 'r3d_10' checkpoint"):
+    convert.from_torch(sd, "s3d_g")
   with pytest.raises(convert.CheckpointMismatchError, match="no student encoder"):
     convert.from_torch({"state_dict": {f"encoder_k.{k}": v for k, v in sd.items()}}, "r3d_10")
   with pytest.raises(ValueError, match="not a backbone"):
