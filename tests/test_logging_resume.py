@@ -48,3 +48,22 @@ def test_resume_drops_broken_last_line_and_purges_tensorboard(tmp_path):
   starts = [e for e in _events(files[-1]) if e.HasField("session_log")]
   assert starts and starts[0].step == 5  # readers drop the old file's steps >= 5
   assert starts[0].session_log.status == event_pb2.SessionLog.START
+
+
+def test_orbax_info_lines_are_hidden_warnings_kept():
+  import logging
+
+  from auxskd_jax.train import logging as train_logging
+
+  train_logging.quiet_libraries()
+  absl_logger = logging.getLogger("absl")
+
+  def shown(path, level):
+    record = logging.LogRecord("absl", level, path, 1, "message", None, None)
+    return all(f.filter(record) for f in absl_logger.filters)
+
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "manager.py")
+  assert not shown(orbax_file, logging.INFO)
+  assert shown(orbax_file, logging.WARNING)
+  assert shown(train_logging.__file__, logging.INFO)
+  assert logging.getLogger("orbax").getEffectiveLevel() == logging.WARNING
