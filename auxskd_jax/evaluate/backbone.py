@@ -1,16 +1,15 @@
 """The backbone an evaluation starts from: built from the config, then loaded from a checkpoint.
 
 Any of our checkpoints (a workdir or its `checkpoints/` directory: auxSKD student, VSPP, a
-fine-tuned model, ...) or a reference PyTorch `.pth` (through `convert.from_torch`) can provide
-the backbone; `train.init_from.load_encoder` copies every layer whose shape matches. For
-evaluation a partial load is an error, not a warning: every backbone layer (everything except
-the heads) must come from the checkpoint, otherwise the numbers would describe a half-random
+fine-tuned model, ...) or a PyTorch `.pth` in the authors' formats can provide the backbone,
+through the one loading path `auxskd_jax.pretrained.load_backbone`. For evaluation a partial
+load is an error, not a warning (`strict=True`): every backbone layer (everything except the
+heads) must come from the checkpoint, otherwise the numbers would describe a half-random
 network. The message names the layers that did not load.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable
 
 import jax
@@ -19,9 +18,11 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
+from auxskd_jax import models, pretrained
 from auxskd_jax.config import ConfigError, require
 
-# Top-level module names of heads (SPEC section 2); they are not part of the backbone.
+# Top-level module names of the usual heads (SPEC section 2); any top-level linear layer of a
+# model's variables (`models.head_names`) counts as a head.
 HEAD_NAMES = ("linear", "linear_segment")
 
 
@@ -51,67 +52,36 @@ def frozen_backbone(config: ml_collections.ConfigDict, path: str, key: str) -> t
     logging.warning("--config.%s is empty: evaluating a RANDOMLY initialised backbone.", key)
     return build_and_init(config)
   model, variables = build_and_init(config, random=False)
-  variables, _ = load_backbone(path, variables, key=key, model_name=config.model.name)
+  variables, _ = load_backbone(path, variables, key=key, model_name=config.model.name,
+                               trust_pickle=pretrained.trust_pickle(config, key))
   return model, variables
 
 
 def backbone_layers(variables: dict[str, Any]) -> list[str]:
   """'/'-joined names of every backbone parameter and statistic (heads excluded)."""
+  heads = set(models.head_names(variables)) | set(HEAD_NAMES)
   names = []
   for collection in ("params", "batch_stats"):
     flat = traverse_util.flatten_dict(variables.get(collection, {}), sep="/")
-    names += [f"{collection}/{k}" for k in flat if k.split("/")[0] not in HEAD_NAMES]
+    names += [f"{collection}/{k}" for k in flat if k.split("/")[0] not in heads]
   return sorted(names)
 
 
-def _is_head(path: str) -> bool:
-  """'params/linear/kernel' -> True: the first module under the collection is a head."""
-  parts = path.split("/")
-  return len(parts) > 1 and parts[1] in HEAD_NAMES
-
-
-def _not_loaded(report: Any) -> list[str]:
-  """Backbone leaves the load did not fill: missing from the checkpoint or of another shape."""
-  absent = list(report.missing) + list(report.shape_mismatch)
-  return [a for a in absent if not _is_head(a.split(":")[0])]
-
-
 def load_backbone(path: str, variables: dict[str, Any], *, key: str, model_name: str,
-                  heads: Iterable[str] = ()) -> tuple[dict[str, Any], Any]:
+                  heads: Iterable[str] = (), trust_pickle: bool = False
+                  ) -> tuple[dict[str, Any], Any]:
   """Loads `path`'s backbone into `variables`; every backbone layer must load.
 
   `heads` lists head names to take from the checkpoint too (when shapes match); other heads
   keep their fresh initialisation (fine-tuning's new linear head). `key` is the config key
   the path came from, for error messages; `model_name` (a `models.build` name) tells the
-  converter how to read a PyTorch `.pth`.
+  converter how to read a PyTorch `.pth`. A wrapper over `pretrained.load_backbone(strict=True)`.
   """
-  from auxskd_jax.train import init_from
-
-  if not os.path.exists(path):
-    raise ConfigError(f"--config.{key}={path!r} does not exist; give one of our workdirs / "
-                      "checkpoint directories or a reference PyTorch .pth file.")
-  try:
-    loaded, report = init_from.load_encoder(path, variables, model_name=model_name)
-  except (KeyError, ValueError) as e:
-    raise ConfigError(f"--config.{key}={path!r}: cannot initialise the backbone from it: "
-                      f"{e}") from e
-  missing = _not_loaded(report)
-  if missing:
-    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    raise ConfigError(
-        f"--config.{key}={path!r}: {len(missing)} backbone layer(s) of {variables_name(variables)} "
-        f"were not in the checkpoint or had another shape: {shown}. Is it a checkpoint of another "
-        "backbone or width (check --config.model.name / --config.model.width)?")
-  keep_heads = set(heads)
-  result = {}
-  for collection in ("params", "batch_stats"):
-    merged = dict(loaded.get(collection, {}))
-    for name in HEAD_NAMES:
-      if name in variables.get(collection, {}) and name not in keep_heads:
-        merged[name] = variables[collection][name]
-    result[collection] = merged
-  logging.info("Backbone loaded from %s (%d layers).", path, len(backbone_layers(variables)))
-  return result, report
+  loaded, report = pretrained.load_backbone(path, variables, model_name=model_name, strict=True,
+                                            heads=tuple(heads), flag=key,
+                                            trust_pickle=trust_pickle)
+  logging.info("%s", report.summary())
+  return loaded, report
 
 
 def variables_name(variables: dict[str, Any]) -> str:
