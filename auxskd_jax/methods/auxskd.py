@@ -54,7 +54,7 @@ def entropy(logits: jax.Array) -> jax.Array:
   return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
 
 
-class AuxSKD(base.Method):
+class AuxSKD(momentum.MomentumTeacher, base.Method):
   """The auxSKD method (see `methods/base.py`)."""
   recipe = "auxskd"
   name = "auxSKD"
@@ -107,11 +107,6 @@ class AuxSKD(base.Method):
     }
     return loss, {"batch_stats": {"encoder": enc_stats, "predictor": pred_stats},
                   "metrics": metrics, "teacher_stats": teacher_stats, "keys": k}
-
-  def after_update(self, old_state, new_state, aux):
-    del old_state
-    return momentum.update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"],
-                                             self.section.momentum)
 
   @classmethod
   def check(cls, config: ml_collections.ConfigDict) -> None:

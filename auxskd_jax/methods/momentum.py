@@ -102,6 +102,18 @@ def update_teacher_and_queue(state: TrainState, teacher_stats: Any, keys: jax.Ar
   return state.replace(extras=dict(extras, teacher=teacher, queue=queue, queue_ptr=ptr))
 
 
+class MomentumTeacher:
+  """Mixin for methods with an EMA teacher and a queue (`self.section.momentum`): their loss
+  returns the teacher's new BN statistics as `aux['teacher_stats']` and the embeddings to
+  enqueue as `aux['keys']`."""
+
+  def after_update(self, old_state: TrainState, new_state: TrainState,
+                   aux: dict[str, Any]) -> TrainState:
+    del old_state
+    return update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"],
+                                    self.section.momentum)
+
+
 def momentum_extras(encoder: dict[str, Any], queue: jax.Array) -> dict[str, Any]:
   """`extras` of a momentum method: the teacher as an exact copy of the encoder (a copy, not
   an alias: donation frees buffers), the queue and its pointer."""

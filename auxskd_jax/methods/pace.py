@@ -8,20 +8,15 @@ scratch.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
 from auxskd_jax.config import require
 from auxskd_jax.methods import base
 from auxskd_jax.train import encoder as encoder_lib
 
 
-def pace_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(mean cross-entropy, accuracy) of pace logits `[B, R]` against 0-based paces `[B]`."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return jnp.mean(ce), encoder_lib.accuracy(logits, labels)
+# (mean cross-entropy, accuracy) of pace logits `[B, R]` against 0-based paces `[B]`.
+pace_loss = encoder_lib.classification_loss
 
 
 class VideoPace(base.Method):

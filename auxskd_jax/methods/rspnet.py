@@ -75,7 +75,7 @@ def _embed(out: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
   return normalize(out[HEADS[0]]), normalize(out[HEADS[1]])
 
 
-class RSPNet(base.Method):
+class RSPNet(momentum.MomentumTeacher, base.Method):
   """The RSPNet method (see `methods/base.py`)."""
   recipe = "rspnet"
   name = "RSPNet"
@@ -130,11 +130,6 @@ class RSPNet(base.Method):
     return s.weight_avid * l_avid + s.weight_rsp * l_rsp, {
         "batch_stats": {"encoder": stats}, "metrics": metrics,
         "teacher_stats": teacher_stats, "keys": o_a}
-
-  def after_update(self, old_state, new_state, aux):
-    del old_state
-    return momentum.update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"],
-                                             self.section.momentum)
 
   @classmethod
   def check(cls, config: ml_collections.ConfigDict) -> None:

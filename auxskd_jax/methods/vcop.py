@@ -26,7 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from auxskd_jax import defaults, models
 from auxskd_jax.config import require
@@ -58,10 +57,8 @@ class VCOPHead(nn.Module):
     return nn.Dense(num_orders, name="fc8")(h)
 
 
-def order_loss(logits: jax.Array, order: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(mean cross-entropy, accuracy) of order logits `[B, n!]` against order labels `[B]`."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, order)
-  return jnp.mean(ce), encoder_lib.accuracy(logits, order)
+# (mean cross-entropy, accuracy) of order logits `[B, n!]` against order labels `[B]`.
+order_loss = encoder_lib.classification_loss
 
 
 class VCOP(base.Method):

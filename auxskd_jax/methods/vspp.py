@@ -8,10 +8,7 @@ auxSKD student encoder (`train.init_from`; every layer whose shape matches) or f
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
 from auxskd_jax.config import require
 from auxskd_jax.methods import base
@@ -34,16 +31,11 @@ class VSPP(base.Method):
   def loss(self, params, state, clips, labels, keys):
     out, stats = encoder_lib.apply_train(self.model, params["encoder"],
                                          state.batch_stats["encoder"], clips[:, 0])
-    ce_speed = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        out["linear"], labels["speed"]))
-    ce_segment = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        out["linear_segment"], labels["segment"]))
-    metrics = {
-        "loss_speed": ce_speed,
-        "loss_segment": ce_segment,
-        "accuracy_speed": encoder_lib.accuracy(out["linear"], labels["speed"]),
-        "accuracy_segment": encoder_lib.accuracy(out["linear_segment"], labels["segment"]),
-    }
+    ce_speed, acc_speed = encoder_lib.classification_loss(out["linear"], labels["speed"])
+    ce_segment, acc_segment = encoder_lib.classification_loss(out["linear_segment"],
+                                                              labels["segment"])
+    metrics = {"loss_speed": ce_speed, "loss_segment": ce_segment,
+               "accuracy_speed": acc_speed, "accuracy_segment": acc_segment}
     return ce_speed + ce_segment, {"batch_stats": {"encoder": stats}, "metrics": metrics}
 
   @classmethod

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
 
 from auxskd_jax import models
@@ -80,3 +81,9 @@ def encoder_state(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Top-1 accuracy of logits `[B, C]` against integer labels `[B]`."""
   return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean cross-entropy, top-1 accuracy) of logits `[B, C]` against integer labels `[B]`."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.mean(ce), accuracy(logits, labels)
