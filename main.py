@@ -92,6 +92,7 @@ def main(argv: list[str]) -> None:
           prefix="Usage error")
   from auxskd_jax import config as config_lib
   from auxskd_jax import distributed, tasks
+  from auxskd_jax.train import preemption
   from auxskd_jax.train.logging import quiet_libraries
 
   quiet_libraries()
@@ -122,6 +123,9 @@ def main(argv: list[str]) -> None:
     tasks.get_runner(config.task)(config, workdir)
   except config_lib.UserError as e:  # found only once the run read its data
     _fail(" ".join(str(e).split()), prefix="Error")
+  except preemption.Preempted as e:  # SIGTERM / Ctrl-C: a checkpoint was saved at e.step
+    logging.warning("%s", e)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from typing import Any, Iterable
 import ml_collections
 from absl import logging
 
-from auxskd_jax import errors
+from auxskd_jax import defaults, errors
 from auxskd_jax.errors import ConfigError, require  # noqa: F401  (re-exported)
 
 # An expected error (a bad flag, a missing file, a corrupt dataset): main.py prints its message
 # alone, without a traceback, and exits with status 2. ConfigError is one.
-UserError = getattr(errors, "UserError", ConfigError)
+UserError = errors.UserError
 
 # Tasks that evaluate on a labelled test split (the others only read the training split).
 EVAL_TASKS = ("finetune", "retrieval", "linear_probe")
@@ -37,7 +37,7 @@ RESUME_FREE_KEYS = (
     "resume_overrides", "compilation_cache_dir", "xla_fast_compile", "method_chain",
     "data.data_dir", "data.workers", "data.prefetch", "eval.batch_size",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "distributed.coordinator_address", "distributed.process_id",
+    "distributed.coordinator_address", "distributed.process_id", "distributed.num_processes",
     "distributed.initialization_timeout", "distributed.local_device_ids",
 )
 
@@ -127,6 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 16
+  # Evaluators run inside the training loop (evaluate/evaluators.py), e.g. ("knn",) for the
+  # k-NN monitor of pretraining on a labelled set (eval.knn); fine-tuning adds "val".
+  c.evaluators = ()
+  c.eval.knn = defaults.knn()
   c.eval.every_epochs = 1
   return c
 

@@ -4,7 +4,12 @@ models, training) can raise them without importing the config machinery."""
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+  """An expected mistake of the user's (a flag, a file, a dataset): `main.py` prints the message
+  alone, no traceback, and exits with status 2."""
+
+
+class ConfigError(UserError, ValueError):
   """A config value that cannot work; the message names the key and what to do."""
 
 

@@ -42,7 +42,8 @@ def resolve_dataset_dir(data_dir: str, name: str) -> str:
     found = sorted(os.path.relpath(os.path.dirname(os.path.dirname(p)), data_dir)
                    for p in _find_infos(data_dir))
     raise FileNotFoundError(
-        f"no prepared dataset {name!r} under {data_dir}; available: {found or 'none'}. "
+        f"no prepared dataset {name!r} under {data_dir}; available: "
+        f"{(found[:10] + ['...'] if len(found) > 10 else found) or 'none'}. "
         "Run `python main.py --config=configs/prepare.py ...` first.")
   if os.path.isfile(os.path.join(path, "dataset_info.json")):
     return path
@@ -63,9 +64,14 @@ def resolve_dataset_dir(data_dir: str, name: str) -> str:
          else "; was `prepare` interrupted? Re-run it."))
 
 
-def _find_infos(root: str) -> list[str]:
+def _find_infos(root: str, max_depth: int = 3) -> list[str]:
+  """`dataset_info.json` files at most `max_depth` folders below `root` (a prepared dataset is
+  `builder/config/version/`), so pointing data_dir at a big tree stays quick."""
   out = []
-  for dirpath, _, files in os.walk(root):
+  base = root.rstrip(os.sep).count(os.sep)
+  for dirpath, dirnames, files in os.walk(root):
+    if dirpath.count(os.sep) - base >= max_depth:
+      dirnames[:] = []
     if "dataset_info.json" in files:
       out.append(dirpath + "/dataset_info.json")
   return out
