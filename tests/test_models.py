@@ -161,6 +161,27 @@ def test_bfloat16_compute_keeps_float32_outputs_and_statistics():
                              want_upd["batch_stats"]["bn1"]["mean"], rtol=0.05, atol=1e-2)
 
 
+def test_s3dg_trains_in_bfloat16():
+  """A training-mode forward and backward of S3D-G (gating, TF-SAME pools) in bf16 compute:
+  finite gradients for every parameter, float32 statistics."""
+  model = models.build("s3d_g", 4, width=8, dtype="bfloat16")
+  clips = jax.ShapeDtypeStruct((2, 4, 16, 16, 3), jnp.float32)
+  variables = numpy_variables(model, clips=clips)
+  x = jnp.asarray(np.random.default_rng(4).uniform(0, 255, clips.shape), jnp.float32)
+
+  def loss(params, stats, x):
+    out, updates = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                               mutable=["batch_stats"])
+    return jnp.mean(out.astype(jnp.float32) ** 2), updates
+
+  (value, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+      variables["params"], variables["batch_stats"], x)
+  assert np.isfinite(float(value))
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert float(jnp.abs(grads["gating"]["fc"]["kernel"]).max()) > 0
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+
+
 def test_bn_axis_name_under_pmap_equals_whole_batch():
   n_dev = 4
   assert jax.local_device_count() >= n_dev
