@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   c.model.embed_dim = 128  # auxSKD projection head
   c.model.predictor_hidden = 1024
+  # Initialisation of every layer with weights: "torch" (PyTorch's defaults, which the
+  # authors' models keep) or "kaiming" (this port's earlier scheme); see docs/FIDELITY.md.
+  c.model.init = "torch"
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ""  # where prepared TFDS datasets live
@@ -124,9 +127,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.init_from = ""  # checkpoint dir / .pth to initialise the backbone from
   c.train.bn = "sync"  # "sync" (cross-device statistics) or "local"
+  # A .pth with pickled objects other than argparse.Namespace is refused unless you trust it.
+  c.train.trust_pickle = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 16
+  c.eval.trust_pickle = False  # as train.trust_pickle, for eval.init_from
+  # Retrieval / probe features: "pool" (pooled, 512-d at width 64) or "conv5_maxpool" (VCOP's
+  # retrieval protocol: conv5 max-pooled (1, 2, 2) and flattened, 9216-d for R(2+1)D).
+  c.eval.feature_layer = "pool"
   # Evaluators run inside the training loop (evaluate/evaluators.py), e.g. ("knn",) for the
   # k-NN monitor of pretraining on a labelled set (eval.knn); fine-tuning adds "val".
   c.evaluators = ()
@@ -251,6 +260,15 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
     require(config.model.dtype in ("float32", "bfloat16"), "model.dtype",
             "use float32 or bfloat16 (mixed precision; parameters stay float32).")
     require(config.model.width > 0, "model.width", "must be positive (64 is the paper's).")
+    require(config.model.get("init", "torch") in models.INIT_SCHEMES, "model.init",
+            f"use one of {list(models.INIT_SCHEMES)} ('torch' = PyTorch's defaults).")
+    require(config.model.name != "s3d_g" or config.model.width % 8 == 0, "model.width",
+            "S3D-G's channel counts need a width that is a multiple of 8 (64 is the release's).")
+    if "clip" in config:
+      try:
+        models.check_input(config.model.name, config.clip.clip_len, config.clip.crop_size)
+      except ValueError as e:
+        raise ConfigError(f"--config.clip.crop_size / clip.clip_len: {e}") from None
   if "clip" in config:
     c = config.clip
     require(c.clip_len > 0 and c.num_segments > 0 and c.clip_len % c.num_segments == 0,

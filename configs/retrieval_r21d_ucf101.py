@@ -22,5 +22,8 @@ def get_config(dataset: str | None = None) -> ml_collections.ConfigDict:
   c.eval.batch_size = 8
   c.eval.init_from = ""
   c.eval.topk = (1, 5, 10, 20, 50)
+  # VCOP's retrieval protocol, which published tables (auxSKD's included) use: conv5 features
+  # max-pooled (1, 2, 2) and flattened (9216-d); "pool" = the 512-d pooled features.
+  c.eval.feature_layer = "conv5_maxpool"
   c.eval.pretrain_data = ""
   return c

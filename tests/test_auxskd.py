@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from auxskd_jax.methods import auxskd
+from auxskd_jax.methods import auxskd, momentum
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +88,7 @@ def test_enqueue_wraps_like_one_by_one(size, ptr, count):
   for k in keys:
     expected[p] = k
     p = (p + 1) % size
-  got, new_ptr = auxskd.enqueue(jnp.asarray(queue), jnp.int32(ptr), jnp.asarray(keys))
+  got, new_ptr = momentum.enqueue(jnp.asarray(queue), jnp.int32(ptr), jnp.asarray(keys))
   np.testing.assert_array_equal(np.asarray(got), expected)
   assert int(new_ptr) == p
 
@@ -97,7 +97,7 @@ def test_shuffled_apply_returns_own_examples():
   x = jnp.arange(4 * 3 * 2, dtype=jnp.float32).reshape(4, 3, 2)
 
   def f(x, key):
-    out, perm_seen = auxskd.shuffled_apply(lambda v: (v * 2.0, v), x, key)
+    out, perm_seen = momentum.shuffled_apply(lambda v: (v * 2.0, v), x, key)
     return out, perm_seen
 
   out, seen = jax.pmap(f, axis_name="batch", in_axes=(0, None))(x, jax.random.PRNGKey(3))
@@ -136,7 +136,7 @@ def test_one_step_ema_queue_and_loss():
   p = method.predictor.apply({"params": state.params["predictor"],
                               "batch_stats": state.batch_stats["predictor"]}, z, train=True,
                              mutable=["batch_stats"])[0]
-  k, q = np.asarray(auxskd.normalize(k)), np.asarray(auxskd.normalize(p))
+  k, q = np.asarray(momentum.normalize(k)), np.asarray(momentum.normalize(p))
   queue = np.asarray(state.extras["queue"])
   np.testing.assert_allclose(np.linalg.norm(queue, axis=1), 1.0, rtol=1e-5)
   s_k, s_q = k @ queue.T / 0.02, q @ queue.T / 0.1

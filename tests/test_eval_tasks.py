@@ -70,6 +70,7 @@ def _tiny(config, data_dir, name="video_folder/labelled"):
   config.clip.crop_size = 16
   config.clip.eval_clips = 3
   config.eval.batch_size = 8
+  config.eval.feature_layer = "pool"  # 16-pixel crops: conv5 is too small for conv5_maxpool
   config.seed = 0
   return config
 

@@ -115,11 +115,11 @@ def test_knn_settings_fail_clearly(tiny_prepared):
 
 def test_finetune_validation_matches_the_segmented_validation(tiny_prepared):
   from auxskd_jax import data
-  from auxskd_jax.evaluate.finetune import finetune_section
+  from auxskd_jax import defaults
 
   data_dir, name = tiny_prepared
   config = _config(data_dir, name, every_epochs=2)
-  config.finetune = finetune_section()
+  config.finetune = defaults.finetune()
   config.finetune.val_clips = 2
   (val,) = evaluators.build_evaluators(config, names=("val",), num_classes=3,
                                        steps_per_epoch=5)

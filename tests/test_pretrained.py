@@ -202,3 +202,43 @@ def test_errors_name_the_flag(tmp_path):
     pretrained.load_backbone(wide, target("c3d"), model_name="c3d", strict=True)
   with pytest.raises(ConfigError, match=r"only 0 of the backbone's"):
     pretrained.load_backbone(wide, target("c3d"), model_name="c3d", strict=False)
+
+
+def test_auxskd_task_continues_the_authors_run(auxskd_file):
+  """`task=auxskd` with their .pth as train.init_from: their student, predictor, teacher,
+  queue, pointer and SGD momentum, at step epoch x steps_per_epoch; then a step runs."""
+
+  from auxskd_jax import defaults
+  from auxskd_jax.config import base_config
+  from auxskd_jax.methods import auxskd
+
+  path, checkpoint = auxskd_file
+  config = base_config()
+  config.task = "auxskd"
+  config.model.width, config.model.embed_dim, config.model.predictor_hidden = WIDTH, EMBED, HIDDEN
+  config.clip.clip_len, config.clip.crop_size = 8, 16
+  config.train.batch_size = 4
+  config.train.init_from = path
+  config.auxskd = defaults.auxskd()
+  config.auxskd.queue_size = QUEUE + 1
+  with pytest.raises(ConfigError, match="auxskd.queue_size=12"):
+    auxskd.AuxSKD(config).init_state(config, jax.random.PRNGKey(0), steps_per_epoch=5)
+  config.auxskd.queue_size = QUEUE
+  method = auxskd.AuxSKD(config)
+  state = method.init_state(config, jax.random.PRNGKey(0), steps_per_epoch=5, total_steps=100)
+  want = pretrained.load_auxskd_torch_state(path, "r21d_10")
+  assert int(state.step) == 3 * 5
+  for got, ref in ((state.params, want["params"]), (state.extras["teacher"], want["teacher"]),
+                   (state.extras["queue"], want["queue"])):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(state.extras["queue_ptr"]) == 4
+  trace = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "trace"))
+           if hasattr(s, "trace")][0].trace
+  for a, b in zip(jax.tree.leaves(trace), jax.tree.leaves(want["momentum"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  windows = np.random.default_rng(0).integers(0, 256, (1, 4, 2, 31, 20, 20, 3), np.uint8)
+  step = jax.pmap(method.train_step, axis_name="batch", devices=jax.devices()[:1])
+  rep = jax.tree.map(lambda x: jnp.asarray(x)[None], state)
+  rep, metrics = step(rep, {"windows": windows}, jax.random.PRNGKey(1)[None])
+  assert int(rep.step[0]) == 16 and np.isfinite(float(metrics["loss"][0]))

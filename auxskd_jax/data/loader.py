@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from typing import Any, Iterator
 
 import grain
 import numpy as np

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from auxskd_jax import data, defaults
+from auxskd_jax import data, defaults, models
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.evaluate import backbone, features, multiclip
 from auxskd_jax.evaluate.topk import DEFAULT_KS, knn_accuracy, topk_accuracy
@@ -252,8 +252,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "knn" in names:
     validate_knn(config)
   if "retrieval" in names or "feature_layer" in config.get("eval", {}):
-    require(config.eval.get("feature_layer", "pool") in features.FEATURE_LAYERS,
-            "eval.feature_layer", f"use one of {features.FEATURE_LAYERS}.")
+    layer = config.eval.get("feature_layer", "pool")
+    require(layer in features.FEATURE_LAYERS, "eval.feature_layer",
+            f"use one of {features.FEATURE_LAYERS}.")
+    if "model" in config and "clip" in config:
+      c = config.clip
+      require(models.feature_dim(config.model.name, config.model.width, layer=layer,
+                                 clip_len=c.clip_len, crop_size=c.crop_size) > 0,
+              "eval.feature_layer",
+              f"{layer!r} has no features for {c.clip_len}x{c.crop_size}x{c.crop_size} clips "
+              "(conv5 is too small to max-pool by 2); use 'pool' or larger clips.")
 
 
 def build_evaluators(config: ml_collections.ConfigDict, *,

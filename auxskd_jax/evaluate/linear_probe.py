@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -29,8 +30,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.probe.steps > 0, "probe.steps", "must be positive.")
   require(config.probe.learning_rate > 0, "probe.learning_rate", "must be positive.")
   require(config.probe.batch_size > 0, "probe.batch_size", "must be positive.")
-  require(config.eval.get("feature_layer", "pool") in features.FEATURE_LAYERS,
-          "eval.feature_layer", f"use one of {features.FEATURE_LAYERS}.")
+  evaluators.validate(config)  # eval.feature_layer: known, and not empty at this clip size
   path = config.eval.get("init_from", "")
   require(not path or os.path.exists(path), "eval.init_from",
           f"{path!r} does not exist; give a workdir / checkpoint dir / .pth, or '' for random init.")
@@ -56,7 +56,9 @@ def evaluate_probe(train: dict[str, np.ndarray], test: dict[str, np.ndarray], nu
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate(config)
-  config_lib.save_config(config, workdir)
+  chief = jax.process_index() == 0  # every process extracts its share; process 0 writes
+  if chief:
+    config_lib.save_config(config, workdir)
   path = config.eval.get("init_from", "")
   model, variables = backbone.frozen_backbone(config, path, "eval.init_from")
   layer = str(config.eval.get("feature_layer", "pool"))
@@ -72,6 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                               extra={"per_clip": bool(config.probe.per_clip),
                                      "feature_layer": layer,
                                      "feature_dim": int(train["features"].shape[-1])})
-  report.write_results(workdir, record)
+  if chief:
+    report.write_results(workdir, record)
   logging.info("linear_probe: %s", metrics)
   return record

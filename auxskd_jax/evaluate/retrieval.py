@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
 from auxskd_jax import config as config_lib
 from auxskd_jax.config import require
-from auxskd_jax.evaluate import backbone, evaluators, features, report
+from auxskd_jax.evaluate import backbone, evaluators, report
 from auxskd_jax.evaluate.topk import DEFAULT_KS, topk_accuracy
 
 __all__ = ["DEFAULT_KS", "topk_accuracy", "run", "validate"]
@@ -32,9 +33,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ks = tuple(config.eval.get("topk", DEFAULT_KS))
   require(len(ks) > 0 and all(int(k) >= 1 for k in ks), "eval.topk",
           f"needs positive k values, e.g. {DEFAULT_KS}; got {ks}.")
-  require(config.eval.get("feature_layer", "pool") in features.FEATURE_LAYERS,
-          "eval.feature_layer", f"use one of {features.FEATURE_LAYERS} ('conv5_maxpool': the "
-          "VCOP protocol's features, 'pool': the 512-d pooled features).")
+  evaluators.validate(config)  # eval.feature_layer: known, and not empty at this clip size
   path = config.eval.get("init_from", "")
   require(not path or os.path.exists(path), "eval.init_from",
           f"{path!r} does not exist; give a workdir / checkpoint dir / .pth, or '' for random init.")
@@ -43,7 +42,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Extracts video features of both splits, scores retrieval, writes results and a plot."""
   validate(config)
-  config_lib.save_config(config, workdir)
+  chief = jax.process_index() == 0  # every process extracts its share; process 0 writes
+  if chief:
+    config_lib.save_config(config, workdir)
   path = config.eval.get("init_from", "")
   model, variables = backbone.frozen_backbone(config, path, "eval.init_from")
   retrieval = evaluators.Retrieval(config, model=model)
@@ -54,11 +55,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       extra={"num_queries": retrieval.num_queries, "num_gallery": retrieval.num_gallery,
              "clips_per_video": int(config.clip.eval_clips),
              "feature_layer": retrieval.feature_layer, "feature_dim": retrieval.feature_dim})
-  report.write_results(workdir, record)
-  report.plot_topk(os.path.join(workdir, "retrieval_topk.png"),
-                   {record["method_chain"]: acc},
-                   title=f"Retrieval on {config.data.name} ({config.data.test_split} -> "
-                         f"{config.data.train_split})")
+  if chief:
+    report.write_results(workdir, record)
+    report.plot_topk(os.path.join(workdir, "retrieval_topk.png"),
+                     {record["method_chain"]: acc},
+                     title=f"Retrieval on {config.data.name} ({config.data.test_split} -> "
+                           f"{config.data.train_split})")
   logging.info("retrieval (%s, %d-d): %s", retrieval.feature_layer, retrieval.feature_dim,
                " ".join(f"top{k}={100 * v:.2f}%" for k, v in acc.items()))
   return record

@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
+from auxskd_jax import models, pretrained
 from auxskd_jax.config import require
 from auxskd_jax.methods import base, momentum
-from auxskd_jax.methods.momentum import enqueue, normalize, shuffled_apply  # noqa: F401
+from auxskd_jax.methods.momentum import normalize
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train.state import TrainState
 
@@ -32,14 +34,16 @@ class Predictor(nn.Module):
   hidden: int = 1024
   features: int = 128
   bn_axis_name: str | None = None
+  init_scheme: str = models.init.DEFAULT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Dense(self.hidden, name="linear1")(x.astype(jnp.float32))
+    x = models.init.Linear(self.hidden, init_scheme=self.init_scheme,
+                           name="linear1")(x.astype(jnp.float32))
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      axis_name=self.bn_axis_name if train else None, name="bn")(x)
     x = nn.relu(x)
-    return nn.Dense(self.features, name="linear2")(x)
+    return models.init.Linear(self.features, init_scheme=self.init_scheme, name="linear2")(x)
 
 
 def distillation_loss(s_q: jax.Array, s_k: jax.Array) -> jax.Array:
@@ -68,13 +72,18 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
     self.teacher = encoder_lib.build_encoder(
         config, num_classes=embed, bn_axis_name=momentum.teacher_bn_axis(self.section.teacher_bn))
     self.predictor = Predictor(hidden=config.model.predictor_hidden, features=embed,
-                               bn_axis_name=student_axis)
+                               bn_axis_name=student_axis,
+                               init_scheme=encoder_lib.init_scheme(config))
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:
-    """Student from `rng`, teacher an exact copy, queue random-normal then normalised."""
+    """Student from `rng` (its backbone from `train.init_from` when that is one of our runs),
+    teacher an exact copy, queue random-normal then normalised; or, when `train.init_from` is
+    the authors' auxSKD `.pth`, their whole distillation state, to continue their run."""
+    if config.train.init_from.endswith(pretrained.TORCH_SUFFIXES):
+      return self._continue_authors_run(config, tx)
     k_enc, k_pred, k_queue = jax.random.split(rng, 3)
-    enc = encoder_lib.init_variables(self.student, k_enc, encoder_lib.dummy_clip(config))
+    enc, self.init_report = encoder_lib.init_encoder(self.student, config, k_enc, self.name)
     pred = encoder_lib.init_variables(
         self.predictor, k_pred, jnp.zeros((2, config.model.embed_dim), jnp.float32))
     queue = momentum.random_queue(k_queue, self.section.queue_size, config.model.embed_dim)
@@ -85,6 +94,32 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
         params={"encoder": enc["params"], "predictor": pred["params"]},
         batch_stats={"encoder": enc["batch_stats"], "predictor": pred["batch_stats"]},
         tx=tx, extras=momentum.momentum_extras(enc, queue))
+
+  def _continue_authors_run(self, config: ml_collections.ConfigDict, tx: Any) -> TrainState:
+    """Student, predictor, teacher, queue and pointer from the authors' checkpoint; the step
+    is their finished epochs times this run's steps per epoch, and their SGD momentum buffers
+    become the optimizer's trace (the data order starts afresh: their loader's state is not in
+    the file)."""
+    path = config.train.init_from
+    st = pretrained.load_auxskd_torch_state(
+        path, config.model.name, width=config.model.width,
+        trust_pickle=pretrained.trust_pickle(config, "train.init_from"))
+    size = int(st["queue"].shape[0])
+    require(size == self.section.queue_size, "auxskd.queue_size",
+            f"the checkpoint {path} holds a queue of {size} keys; set "
+            f"--config.auxskd.queue_size={size} to continue it.")
+    state = TrainState.create(
+        params=st["params"], batch_stats=st["batch_stats"], tx=tx,
+        extras={"teacher": st["teacher"], "queue": jnp.asarray(st["queue"], jnp.float32),
+                "queue_ptr": jnp.asarray(st["queue_ptr"], jnp.int32)})
+    step = int(st["epoch"] or 0) * int(self.steps_per_epoch or 0)
+    opt_state = optax.tree_utils.tree_set(state.opt_state, count=jnp.asarray(step, jnp.int32))
+    if st.get("momentum") is not None:
+      opt_state = optax.tree_utils.tree_set(opt_state, trace=st["momentum"])
+    logging.info("auxSKD: continuing the authors' run %s after epoch %s (step %d, queue "
+                 "pointer %d).", path, st["epoch"], step, int(st["queue_ptr"]))
+    state = state.replace(step=jnp.asarray(step, jnp.int32), opt_state=opt_state)
+    return jax.tree.map(jnp.asarray, state)
 
   def loss(self, params, state, clips, labels, keys):
     s = self.section

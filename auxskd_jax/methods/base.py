@@ -38,6 +38,7 @@ class Method:
     self.schedule: Callable[[Any], Any] | None = None
     self.init_report: Any = None
     self._step: Callable | None = None
+    self.steps_per_epoch: int | None = None
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:
@@ -54,6 +55,7 @@ class Method:
                  steps_per_epoch: int, total_steps: int | None = None) -> TrainState:
     """The optimizer and schedule from the config, then the method's initial state."""
     total_steps = total_steps or steps_per_epoch * int(config.train.num_epochs)
+    self.steps_per_epoch = steps_per_epoch
     tx, self.schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
     return self.create_state(config, rng, tx)
 

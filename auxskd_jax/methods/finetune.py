@@ -15,6 +15,7 @@ import ml_collections
 import optax
 from absl import logging
 
+from auxskd_jax import pretrained
 from auxskd_jax.evaluate import backbone
 from auxskd_jax.methods import base
 from auxskd_jax.train import encoder as encoder_lib
@@ -48,7 +49,8 @@ class Finetune(base.Method):
     if path:
       heads = ("linear",) if config.finetune.keep_head else ()
       variables, self.init_report = backbone.load_backbone(
-          path, variables, key="train.init_from", model_name=config.model.name, heads=heads)
+          path, variables, key="train.init_from", model_name=config.model.name, heads=heads,
+          trust_pickle=pretrained.trust_pickle(config, "train.init_from"))
     else:
       logging.info("finetune: --config.train.init_from is empty; training from scratch.")
     return variables

@@ -44,17 +44,18 @@ class VCOPHead(nn.Module):
   num_clips: int = 3
   hidden: int = 512
   dropout: float = 0.5
+  init_scheme: str = models.init.DEFAULT
 
   @nn.compact
   def __call__(self, features: jax.Array, train: bool) -> jax.Array:
     features = features.astype(jnp.float32)
-    fc7 = nn.Dense(self.hidden, name="fc7")
+    fc7 = models.init.Linear(self.hidden, init_scheme=self.init_scheme, name="fc7")
     pair_out = [nn.relu(fc7(jnp.concatenate([features[:, i], features[:, j]], -1)))
                 for i, j in pairs(self.num_clips)]
     h = jnp.concatenate(pair_out, -1)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     num_orders = len(list(itertools.permutations(range(self.num_clips))))
-    return nn.Dense(num_orders, name="fc8")(h)
+    return models.init.Linear(num_orders, init_scheme=self.init_scheme, name="fc8")(h)
 
 
 # (mean cross-entropy, accuracy) of order logits `[B, n!]` against order labels `[B]`.
@@ -72,7 +73,7 @@ class VCOP(base.Method):
     self.model = encoder_lib.build_encoder(config,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
     self.head = VCOPHead(num_clips=config.clip.vcop_clips, hidden=section.hidden,
-                         dropout=section.dropout)
+                         dropout=section.dropout, init_scheme=encoder_lib.init_scheme(config))
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:

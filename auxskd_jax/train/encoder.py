@@ -11,7 +11,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from auxskd_jax import models
+from auxskd_jax import models, pretrained
 from auxskd_jax.train import init_from
 from auxskd_jax.train.state import TrainState
 
@@ -24,7 +24,12 @@ def build_encoder(config: ml_collections.ConfigDict, *, num_classes: int | None 
   """`models.build` with the config's backbone name, width and compute dtype."""
   return models.build(config.model.name, num_classes=num_classes, heads=heads,
                       dtype=DTYPES[config.model.dtype], bn_axis_name=bn_axis_name,
-                      width=config.model.width)
+                      width=config.model.width, init=init_scheme(config))
+
+
+def init_scheme(config: ml_collections.ConfigDict) -> str:
+  """`model.init`: 'torch' (PyTorch's defaults, as the authors) or 'kaiming'."""
+  return str(config.model.get("init", models.init.DEFAULT))
 
 
 def student_bn_axis(config: ml_collections.ConfigDict) -> str | None:
@@ -62,8 +67,9 @@ def init_encoder(model: Any, config: ml_collections.ConfigDict, rng: jax.Array,
   if not config.train.init_from:
     logging.info("%s: backbone %s from scratch.", name, config.model.name)
     return variables, None
-  variables, report = init_from.load_encoder(config.train.init_from, variables,
-                                             model_name=config.model.name)
+  variables, report = init_from.load_encoder(
+      config.train.init_from, variables, model_name=config.model.name,
+      trust_pickle=pretrained.trust_pickle(config, "train.init_from"))
   logging.info("%s", report.summary())
   return variables, report
 

@@ -21,7 +21,7 @@ from auxskd_jax import config as config_lib
 from auxskd_jax import ops
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.train import checkpoint as ckpt_lib
-from auxskd_jax.train import devices
+from auxskd_jax.train import devices, preemption
 from auxskd_jax.train.logging import MetricLogger
 from auxskd_jax.train.state import TrainState
 
@@ -184,51 +184,61 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str, *,
   batches = _DevicePrefetcher(loader, config.data.prefetch)
   bad = jnp.zeros((), bool)
   window: list[dict[str, jax.Array]] = []
-  last_saved = manager.latest_step()
+
+  def stop_if_not_finite(step: int) -> None:
+    if bool(bad):
+      raise NonFiniteLossError(
+          f"the training loss or state became NaN/inf at or before step {step}; stopped "
+          f"without saving. The last good checkpoint is step {ckpt_lib.last_good_step(manager)} "
+          f"in {ckpt_lib.checkpoint_dir(workdir)}. Lower --config.optim.learning_rate or check "
+          "the input data.")
+
   try:
-    for step in range(start + 1, total_steps + 1):
-      try:
-        batch, loader_state = next(batches)
-      except StopIteration:
-        raise RuntimeError(
-            f"the training loader ran out of batches at step {step} of {total_steps}; it must "
-            "repeat endlessly (num_epochs=None).") from None
-      r_state, metrics = p_step(r_state, batch, r_key)
-      if step == start + 1:  # keep compilation out of the throughput figures
-        jax.block_until_ready(metrics)
-        logger.reset_timer(step)
-      # Async, no host sync: the loss, and every array of the new state (an infinite gradient
-      # with a finite loss still writes NaN parameters).
-      finite = jnp.all(jnp.isfinite(metrics["loss"]))
-      if "state_finite" in metrics:
-        finite = jnp.logical_and(finite, jnp.all(metrics["state_finite"] > 0))
-      bad = jnp.logical_or(bad, ~finite)
-      window.append(metrics)
-      log_now = step % config.train.log_every == 0 or step == total_steps
-      save_now = step % config.train.checkpoint_every == 0 or step == total_steps
-      if log_now or save_now:
-        if bool(bad):
-          manager.wait_until_finished()
-          raise NonFiniteLossError(
-              f"the training loss or state became NaN/inf at or before step {step}; stopped without "
-              f"saving. The last good checkpoint is step {last_saved} in "
-              f"{ckpt_lib.checkpoint_dir(workdir)}. Lower --config.optim.learning_rate or "
-              "check the input data.")
-      if log_now:
-        host = jax.device_get(window)
-        row = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
-        row["epoch"] = step / steps_per_epoch
-        logger.write(step, row)
-        window = []
-      if save_now:
-        ckpt_lib.save(manager, step, devices.unreplicate(r_state), loader_state,
-                      force=step == total_steps)
-        last_saved = step
-      for ev in evaluators:
-        if (ev.every_steps > 0 and step % ev.every_steps == 0) or step == total_steps:
-          results = ev(encoder_variables(r_state), step)
-          logger.write(step, results, prefix=ev.name)
+    with preemption.PreemptionGuard(sync_every=int(config.train.log_every)) as guard:
+      for step in range(start + 1, total_steps + 1):
+        try:
+          batch, loader_state = next(batches)
+        except StopIteration:
+          raise RuntimeError(
+              f"the training loader ran out of batches at step {step} of {total_steps}; it "
+              "must repeat endlessly (num_epochs=None).") from None
+        r_state, metrics = p_step(r_state, batch, r_key)
+        if step == start + 1:  # keep compilation out of the throughput figures
+          jax.block_until_ready(metrics)
           logger.reset_timer(step)
+        # Async, no host sync: the loss, and every array of the new state (an infinite
+        # gradient with a finite loss still writes NaN parameters).
+        finite = jnp.all(jnp.isfinite(metrics["loss"]))
+        if "state_finite" in metrics:
+          finite = jnp.logical_and(finite, jnp.all(metrics["state_finite"] > 0))
+        bad = jnp.logical_or(bad, ~finite)
+        window.append(metrics)
+        log_now = step % config.train.log_every == 0 or step == total_steps
+        save_now = step % config.train.checkpoint_every == 0 or step == total_steps
+        if log_now or save_now:
+          stop_if_not_finite(step)
+        if log_now:
+          host = jax.device_get(window)
+          row = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
+          row["epoch"] = step / steps_per_epoch
+          logger.write(step, row)
+          window = []
+        if save_now:
+          ckpt_lib.save(manager, step, devices.unreplicate(r_state), loader_state,
+                        force=step == total_steps)
+        for ev in evaluators:
+          if (ev.every_steps > 0 and step % ev.every_steps == 0) or step == total_steps:
+            results = ev(encoder_variables(r_state), step)
+            logger.write(step, results, prefix=ev.name)
+            logger.reset_timer(step)
+        if step < total_steps and guard.should_stop(step):
+          # Every process agreed on this step: save it (and wait until it is on disk), stop.
+          stop_if_not_finite(step)
+          ckpt_lib.save(manager, step, devices.unreplicate(r_state), loader_state, force=True,
+                        wait=True)
+          logging.warning("Saved step %d in %s; stopping (%s).", step,
+                          ckpt_lib.checkpoint_dir(workdir), guard.reason or "asked to stop")
+          raise preemption.Preempted(step, guard.reason)
     manager.wait_until_finished()
   finally:
     manager.close()
