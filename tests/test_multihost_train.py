@@ -100,6 +100,17 @@ def test_two_processes_match_one_process(config, tiny_prepared, tmp_path):
   # only process 0 wrote the logs, once
   assert len(_losses(two)) == 3
   if config.startswith("auxskd"):
+    # the 2 x 2 pretraining continues on 1 x 4 (same global batch) as the 1 x 4 run does
+    for workdir in (one, two):
+      out = _run_job(_flags(config, tiny_prepared, workdir, 5, extra)
+                     + ["--config.resume_overrides=train.num_steps"], processes=1, devices=4)
+      assert out[0].returncode == 0, out[0]
+    l1, l2 = _losses(one), _losses(two)
+    assert sorted(l2) == [1, 2, 3, 4, 5]
+    # Both continue exactly from their own step 3; the two step-3 states already differ by the
+    # float noise of 2 x 2 vs 1 x 4 (~1e-5 relative), which the next steps carry on.
+    for step in (4, 5):
+      assert abs(l1[step] - l2[step]) <= 1e-4 * max(1.0, abs(l1[step])), (step, l1, l2)
     # the 2-process checkpoint serves a 1-process, 1-device retrieval
     ret = str(tmp_path / "ret")
     data_dir, name = tiny_prepared
@@ -149,3 +160,39 @@ def test_sigterm_saves_exits_42_and_resumes_exactly(tiny_prepared, tmp_path):
   assert l_straight == l_resumed  # same process count: bitwise
   _assert_trees_close(_final_state(straight)["params"], _final_state(stopped)["params"],
                       scale_tol=0.0, atol=0.0)  # same process count: bitwise
+
+
+def test_sigterm_to_a_two_process_job_stops_both_at_one_step(tiny_prepared, tmp_path):
+  """SIGTERM to one process of a 2 x 2 job (a preemption notice reaching one host): both stop
+  at the same step with status 42, that step is saved, and the restarted job finishes with the
+  losses of an uninterrupted 2 x 2 job."""
+  from auxskd_jax.train import checkpoint as ckpt_lib
+  from auxskd_jax.train import preemption
+
+  steps = 300
+  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+  for r in _run_job(_flags("vspp_r21d_k100.py", tiny_prepared, straight, steps,
+                           save_every=1000), 2, 2):
+    assert r.returncode == 0, r
+  args = _flags("vspp_r21d_k100.py", tiny_prepared, stopped, steps, save_every=1000)
+  address = f"127.0.0.1:{multiproc.free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, "main.py", *args, f"--config.distributed.coordinator_address={address}",
+       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+      cwd=ROOT, env=multiproc.child_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  path = os.path.join(stopped, "metrics.jsonl")
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+    if os.path.exists(path) and len(open(path).read().splitlines()) >= 5:
+      break
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  results = multiproc.wait(procs, timeout=200)
+  for r in results:
+    assert r.returncode == preemption.PREEMPTED_EXIT_CODE, r
+  saved = sorted(int(s) for s in os.listdir(ckpt_lib.checkpoint_dir(stopped)) if s.isdigit())
+  assert 5 <= saved[-1] < steps and max(_losses(stopped)) == saved[-1]
+  for r in _run_job(args, 2, 2):
+    assert r.returncode == 0, r
+  assert _losses(stopped) == _losses(straight)

@@ -117,10 +117,4 @@ def test_preempted_names_the_step_and_exit_code():
   assert e.step == 17 and e.exit_code == preemption.PREEMPTED_EXIT_CODE == 42
   assert "step 17" in str(e) and "SIGTERM" in str(e)
 
-
-@pytest.mark.skip(reason="needs the PreemptionGuard wired into train.loop.fit (issue 12)")
-def test_sigterm_mid_run_resumes_exactly(tmp_path):
-  """To write with the loop: a tiny auxSKD `main.py` run (2 processes x 2 devices, via
-  multiproc.launch with --config.distributed.* flags) SIGTERM-ed once step 3 is logged exits
-  with PREEMPTED_EXIT_CODE in both processes, leaves a checkpoint at the step it reported,
-  and the same command restarted logs the same losses as an uninterrupted run."""
+# The loop's SIGTERM test (one process and two) is tests/test_multihost_train.py.
