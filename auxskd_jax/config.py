@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 from absl import logging
@@ -142,10 +142,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.knn = defaults.knn()
   c.eval.every_epochs = 1
   return c
-
-
-def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return config.to_dict()
 
 
 def _json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -314,7 +310,7 @@ def _task_known(config: ml_collections.ConfigDict) -> None:
   from auxskd_jax import tasks
 
   require("task" in config, "task", "every config needs a task.")
-  if config.task not in tasks.TASKS:
+  if not tasks.known(config.task):
     raise ConfigError(
         f"--config.task: {config.task!r} is not a known task; choose one of "
         f"{sorted(tasks.TASKS)}.")
@@ -393,6 +389,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
   module = _task_module(config.task)
   task_validate = getattr(module, "validate", None)
   if task_validate is not None:
+    task_validate(config)
+  _VALIDATED.add(_fingerprint(config))
+
+
+# Configs (by content) that `validate` passed in this process: a task's runner skips its own
+# checks for them, so a run through main.py validates once (some checks open every shard).
+_VALIDATED: set[str] = set()
+
+
+def _fingerprint(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+
+def ensure_valid(config: ml_collections.ConfigDict,
+                 task_validate: Callable[[ml_collections.ConfigDict], None]) -> None:
+  """What a task's `run` calls first: its own `task_validate(config)`, unless `validate`
+  already passed this config (main.py validates before anything is written)."""
+  if _fingerprint(config) not in _VALIDATED:
     task_validate(config)
 
 

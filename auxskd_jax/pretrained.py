@@ -26,7 +26,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from auxskd_jax import models
+from auxskd_jax import convert, models
 from auxskd_jax.errors import ConfigError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar")
@@ -93,8 +93,6 @@ def _is_torch_file(path: str) -> bool:
 def read_torch(path: str, *, flag: str = "train.init_from",
                trust_pickle: bool = False) -> Mapping[str, Any]:
   """A `.pth` as a mapping (weights-only unless trusted); errors name `flag`."""
-  from auxskd_jax import convert
-
   try:
     checkpoint = convert.load_torch_checkpoint(path, trust_pickle=trust_pickle, flag=flag)
   except convert.UnsafeCheckpointError as e:
@@ -131,8 +129,6 @@ def read_backbone(path: str, *, model_name: str | None, flag: str = "train.init_
                         "an auxskd-jax training checkpoint?).")
     return {"params": params["encoder"], "batch_stats": stats.get("encoder", {}) or {}}, ORBAX, \
         None
-  from auxskd_jax import convert
-
   if model_name is None:
     raise ConfigError(f"{_where(flag, path)}: reading a PyTorch checkpoint needs the backbone's "
                       "name (--config.model.name) to convert its keys.")
@@ -243,8 +239,6 @@ def load_auxskd_torch_state(path: str, model_name: str, *, width: int | None = N
   when the file has no optimizer state that maps one to one; `learning_rate`: the optimizer's
   last lr (or None); `opt`: the pickled argparse options as a dict (or None).
   """
-  from auxskd_jax import convert
-
   if not os.path.isfile(path):
     raise ConfigError(f"{_where(flag, path)} is not a file; continuing the authors' auxSKD run "
                       "needs their pckpt_epoch_N.pth.")
@@ -301,8 +295,6 @@ def _momentum(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], model_nam
   """SGD momentum buffers mapped to our trees. The authors' optimizer holds
   `[p for p in model.parameters() if p.requires_grad]`: the student's parameters then the
   predictor's (the teacher's are frozen), in state_dict order."""
-  from auxskd_jax import convert
-
   groups = _optimizer_groups(checkpoint)
   state = checkpoint["optimizer"].get("state", {}) if groups else {}
   ids = [i for g in groups for i in g.get("params", [])]

@@ -7,6 +7,7 @@ conversions) are only loaded when that task runs.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any, Callable
 
 import ml_collections
@@ -26,12 +27,33 @@ TASKS: dict[str, str] = {
 }
 
 
+def module_name(task: str) -> str | None:
+  """The module of `task`: the registry's, else a method file `auxskd_jax/methods/<task>.py`
+  (so a new pretext method is a task as soon as its file exists); None if neither."""
+  if task in TASKS:
+    return TASKS[task]
+  if task.isidentifier() and importlib.util.find_spec(f"auxskd_jax.methods.{task}") is not None:
+    return f"auxskd_jax.methods.{task}"
+  return None
+
+
+def known(task: str) -> bool:
+  """Whether `task` names a runnable task (a method file must define `run`)."""
+  name = module_name(task)
+  return name is not None and (task in TASKS or hasattr(importlib.import_module(name), "run"))
+
+
 def get_task_module(task: str) -> Any:
   """Imports the module that implements `task` (it has `run` and maybe `validate`)."""
-  if task not in TASKS:
+  name = module_name(task)
+  if name is None:
     raise ValueError(
         f"--config.task={task!r} is not a known task; choose one of {sorted(TASKS)}.")
-  return importlib.import_module(TASKS[task])
+  module = importlib.import_module(name)
+  if not hasattr(module, "run"):
+    raise ValueError(f"--config.task={task!r}: {name} has no `run` (a method file ends with "
+                     "`run, validate = base.task(MyMethod)`).")
+  return module
 
 
 def get_runner(task: str) -> Callable[[ml_collections.ConfigDict, str], dict]:

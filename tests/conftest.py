@@ -61,9 +61,10 @@ def tiny_prepared(tmp_path_factory) -> tuple[str, str]:
   """(data_dir, name) of a tiny prepared labelled dataset, readable with `data.open_split`.
 
   UCF101-style, split 1: 3 classes, 18 videos of 20-40 index-encoded frames (frame i shows i,
-  see `data.synthetic.decode_index`), 32x40 pixels; 'train' has 12 videos, 'test' 6.
+  see `testing.synthetic.decode_index`), 32x40 pixels; 'train' has 12 videos, 'test' 6.
   """
-  from auxskd_jax.data import prepare, synthetic
+  from auxskd_jax.data import prepare
+  from auxskd_jax.testing import synthetic
 
   root = tmp_path_factory.mktemp("tiny_prepared")
   videos_dir, lists_dir = synthetic.make_ucf101_tree(str(root / "source"), groups=3,

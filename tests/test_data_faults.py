@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from auxskd_jax.config import ConfigError
-from auxskd_jax.data import decode, prepare, reader, synthetic
+from auxskd_jax.data import decode, prepare, reader
+from auxskd_jax.testing import synthetic
 from conftest import _prepare_config
 
 

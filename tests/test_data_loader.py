@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from auxskd_jax import data
-from auxskd_jax.data import synthetic
+from auxskd_jax.testing import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,7 +170,7 @@ def test_reading_needs_no_tensorflow(tiny_prepared):
       import sys
       sys.modules["tensorflow"] = None  # any `import tensorflow` now fails
       from auxskd_jax import data
-      from auxskd_jax.data import synthetic
+      from auxskd_jax.testing import synthetic
       src = data.open_split({tiny_prepared[0]!r}, {tiny_prepared[1]!r}, "train")
       b = next(data.make_loader(src, batch_size=2, views=2, window_len=31))
       n = b["num_frames"][0]

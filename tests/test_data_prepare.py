@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from auxskd_jax.config import ConfigError
-from auxskd_jax.data import decode, prepare, reader, synthetic
+from auxskd_jax.data import decode, prepare, reader
+from auxskd_jax.testing import synthetic
 from auxskd_jax.data.builders import kinetics
 from conftest import _prepare_config
 

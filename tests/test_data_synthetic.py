@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auxskd_jax.data import decode, synthetic
+from auxskd_jax.data import decode
+from auxskd_jax.testing import synthetic
 
 
 def test_index_frames_roundtrip_raw():

@@ -17,7 +17,7 @@ CLASSES = ("red", "green", "blue")
 
 def _write_colour_tree(root, videos_per_class, seed):
   """`<root>/<class>/*.mp4`: noisy frames whose dominant channel is the class."""
-  from auxskd_jax.data import synthetic
+  from auxskd_jax.testing import synthetic
 
   rng = np.random.default_rng(seed)
   for ci, name in enumerate(CLASSES):

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
+from auxskd_jax import config as config_lib
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.data import builders, decode, reader
 from auxskd_jax.data.builders.common import DATASET_VERSION, Scan, VideoItem
@@ -332,7 +333,7 @@ def _reuse(dataset_dir: str, report_path: str) -> dict[str, Any]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Prepares the dataset; returns the report (also written as prepare_report.json)."""
   del workdir  # the dataset goes to config.data_dir
-  validate(config)
+  config_lib.ensure_valid(config, validate)
   start = time.time()
   builder = builders.get(config.builder)
   config_name = config.config_name or builder.config_name(config)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from auxskd_jax.data.synthetic import write_video
+from auxskd_jax.testing.synthetic import write_video
 from auxskd_jax.demo import backgrounds, motions, render
 
 _PARTS = {"train": 1, "test": 2, "pool_synth": 3, "pool_real": 4}

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from auxskd_jax import config as config_lib
 from auxskd_jax.config import require
 from auxskd_jax.demo import motions, stages, summary
 
@@ -96,7 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from auxskd_jax import tasks
   from auxskd_jax.demo import generate
 
-  validate(config)
+  config_lib.ensure_valid(config, validate)
   if config.demo.quick:
     config = stages.quick(config)
   t_start = time.time()

@@ -48,8 +48,6 @@ def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def prepare_config(source_dir: str, data_dir: str, name: str, labelled: bool,
                    seed: int) -> ml_collections.ConfigDict:
   """The `prepare` task for one generated folder (frames kept at their generated size)."""
-  from auxskd_jax.data import prepare  # noqa: F401  (fails early if the task is missing)
-
   c = ml_collections.ConfigDict()
   c.task = "prepare"
   c.seed = seed

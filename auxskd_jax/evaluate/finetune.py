@@ -18,6 +18,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from auxskd_jax import config as config_lib
 from auxskd_jax import data
 from auxskd_jax.config import require
 from auxskd_jax.evaluate import backbone, evaluators, features, multiclip, report
@@ -52,7 +53,7 @@ def evaluator_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Fine-tunes (the loop validates every eval.every_epochs epochs), then tests with E clips
   per video; writes results.json/.md and the training curves."""
-  validate(config)
+  config_lib.ensure_valid(config, validate)
   train_src = data.open_split(config.data.data_dir, config.data.name, config.data.train_split)
   test_src = data.open_split(config.data.data_dir, config.data.name, config.data.test_split)
   num_classes = backbone.require_labels(train_src, f"{config.data.name}:{config.data.train_split}")

@@ -55,7 +55,7 @@ def evaluate_probe(train: dict[str, np.ndarray], test: dict[str, np.ndarray], nu
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  validate(config)
+  config_lib.ensure_valid(config, validate)
   chief = jax.process_index() == 0  # every process extracts its share; process 0 writes
   if chief:
     config_lib.save_config(config, workdir)

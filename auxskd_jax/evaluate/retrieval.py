@@ -41,7 +41,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Extracts video features of both splits, scores retrieval, writes results and a plot."""
-  validate(config)
+  config_lib.ensure_valid(config, validate)
   chief = jax.process_index() == 0  # every process extracts its share; process 0 writes
   if chief:
     config_lib.save_config(config, workdir)

@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import ml_collections
 
+from auxskd_jax import config as config_lib
 from auxskd_jax import ops
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train import loop, optim
@@ -91,7 +92,7 @@ def task(cls: type[Method]) -> tuple[Callable[[ml_collections.ConfigDict, str], 
     """Pretrains, checkpointing to `workdir` (resumes from its checkpoints)."""
     from auxskd_jax.evaluate import evaluators  # local: evaluate imports the methods
 
-    cls.validate(config)
+    config_lib.ensure_valid(config, cls.validate)
     state = loop.fit(cls(config), config, workdir,
                      evaluators=evaluators.build_evaluators(config))
     return {"workdir": workdir, "step": int(state.step)}

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from auxskd_jax import config as config_lib
-from auxskd_jax import ops
+from auxskd_jax import data, ops
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.train import checkpoint as ckpt_lib
 from auxskd_jax.train import devices, preemption
@@ -120,8 +120,6 @@ class _DevicePrefetcher:
 def make_train_loader(recipe: str, config: ml_collections.ConfigDict, source: Any) -> Any:
   """The training iterator: random window starts, shuffled, endless; one shard per process,
   with the windows `recipe` needs."""
-  from auxskd_jax import data
-
   clips = ops.get_recipe(recipe, config)
   return data.make_loader(
       source, batch_size=config.train.batch_size // jax.process_count(),
@@ -132,8 +130,6 @@ def make_train_loader(recipe: str, config: ml_collections.ConfigDict, source: An
 
 
 def open_train_source(config: ml_collections.ConfigDict) -> Any:
-  from auxskd_jax import data
-
   return data.open_split(config.data.data_dir, config.data.name, config.data.train_split)
 
 
