@@ -196,3 +196,24 @@ def test_sigterm_to_a_two_process_job_stops_both_at_one_step(tiny_prepared, tmp_
   for r in _run_job(args, 2, 2):
     assert r.returncode == 0, r
   assert _losses(stopped) == _losses(straight)
+
+
+@pytest.mark.parametrize("per_process,needle", [
+    ([[], []], "train.batch_size"),  # 6 does not divide over 2 x 2 devices
+    ([["--config.seed=1"], []], "seed"),  # processes started with different configs
+])
+def test_bad_jobs_fail_clearly_in_every_process(per_process, needle, tiny_prepared, tmp_path):
+  args = _flags("vspp_r21d_k100.py", tiny_prepared, str(tmp_path / "run"), 2, batch=6
+                if needle == "train.batch_size" else 8)
+  address = f"127.0.0.1:{multiproc.free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, "main.py", *args, *per_process[i],
+       f"--config.distributed.coordinator_address={address}",
+       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+      cwd=ROOT, env=multiproc.child_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  for r in multiproc.wait(procs, timeout=200):
+    assert r.returncode == 2, r
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 5 and needle in r.stderr, r
+  assert not os.path.exists(os.path.join(str(tmp_path / "run"), "config.json"))
