@@ -114,16 +114,29 @@ def test_two_processes_match_one_process(config, tiny_prepared, tmp_path):
     # the 2-process checkpoint serves a 1-process, 1-device retrieval
     ret = str(tmp_path / "ret")
     data_dir, name = tiny_prepared
-    out = _run_job([
+    out_args = [
         "--config=configs/retrieval_r21d_ucf101.py", f"--workdir={ret}",
         f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
         "--config.model.name=r3d_10", "--config.model.width=4", "--config.clip.clip_len=4",
         "--config.clip.crop_size=16", "--config.clip.eval_clips=2", "--config.eval.topk=(1,)",
         "--config.eval.feature_layer=pool", f"--config.eval.init_from={two}",
-        "--config.xla_fast_compile=True"], processes=1, devices=1)
+        "--config.xla_fast_compile=True"]
+    out = _run_job(out_args, processes=1, devices=1)
     assert out[0].returncode == 0, out[0]
     record = json.load(open(os.path.join(ret, "results.json")))
     assert 0.0 <= record["metrics"]["top1"] <= 1.0
+    # the same evaluation as a 2 x 2 job: each process extracts its share of the videos, the
+    # features are gathered, process 0 alone writes the same report
+    ret2 = str(tmp_path / "ret2")
+    args = [a.replace(ret, ret2) for a in out_args]
+    for r in _run_job(args, processes=2, devices=2):
+      assert r.returncode == 0, r
+    record2 = json.load(open(os.path.join(ret2, "results.json")))
+    assert record2["metrics"] == record["metrics"]
+    assert record2["num_queries"] == record["num_queries"] == 6
+    assert record2["num_gallery"] == record["num_gallery"] == 12
+    assert len(open(os.path.join(ret2, "results.md")).read().splitlines()) == \
+        len(open(os.path.join(ret, "results.md")).read().splitlines())
 
 
 def test_sigterm_saves_exits_42_and_resumes_exactly(tiny_prepared, tmp_path):
