@@ -51,8 +51,14 @@ def _run_job(args: list[str], processes: int, devices: int, timeout: float = 400
   return multiproc.wait(procs, timeout=timeout)
 
 
+def _read(path: str) -> str:
+  with open(path) as f:
+    return f.read()
+
+
 def _losses(workdir: str) -> dict[int, float]:
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
   return {r["step"]: r["loss"] for r in rows if r.get("split") == "train"}
 
 
@@ -123,7 +129,7 @@ def test_two_processes_match_one_process(config, tiny_prepared, tmp_path):
         "--config.xla_fast_compile=True"]
     out = _run_job(out_args, processes=1, devices=1)
     assert out[0].returncode == 0, out[0]
-    record = json.load(open(os.path.join(ret, "results.json")))
+    record = json.loads(_read(os.path.join(ret, "results.json")))
     assert 0.0 <= record["metrics"]["top1"] <= 1.0
     # the same evaluation as a 2 x 2 job: each process extracts its share of the videos, the
     # features are gathered, process 0 alone writes the same report
@@ -131,12 +137,12 @@ def test_two_processes_match_one_process(config, tiny_prepared, tmp_path):
     args = [a.replace(ret, ret2) for a in out_args]
     for r in _run_job(args, processes=2, devices=2):
       assert r.returncode == 0, r
-    record2 = json.load(open(os.path.join(ret2, "results.json")))
+    record2 = json.loads(_read(os.path.join(ret2, "results.json")))
     assert record2["metrics"] == record["metrics"]
     assert record2["num_queries"] == record["num_queries"] == 6
     assert record2["num_gallery"] == record["num_gallery"] == 12
-    assert len(open(os.path.join(ret2, "results.md")).read().splitlines()) == \
-        len(open(os.path.join(ret, "results.md")).read().splitlines())
+    assert len(_read(os.path.join(ret2, "results.md")).splitlines()) == \
+        len(_read(os.path.join(ret, "results.md")).splitlines())
 
 
 def test_sigterm_saves_exits_42_and_resumes_exactly(tiny_prepared, tmp_path):
@@ -155,7 +161,7 @@ def test_sigterm_saves_exits_42_and_resumes_exactly(tiny_prepared, tmp_path):
   path = os.path.join(stopped, "metrics.jsonl")
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline and proc.poll() is None:
-    if os.path.exists(path) and len(open(path).read().splitlines()) >= 5:
+    if os.path.exists(path) and len(_read(path).splitlines()) >= 5:
       break
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
@@ -197,7 +203,7 @@ def test_sigterm_to_a_two_process_job_stops_both_at_one_step(tiny_prepared, tmp_
   path = os.path.join(stopped, "metrics.jsonl")
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-    if os.path.exists(path) and len(open(path).read().splitlines()) >= 5:
+    if os.path.exists(path) and len(_read(path).splitlines()) >= 5:
       break
     time.sleep(0.2)
   procs[1].send_signal(signal.SIGTERM)

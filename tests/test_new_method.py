@@ -58,5 +58,6 @@ def test_a_method_file_is_a_task(tiny_prepared, tmp_path, monkeypatch):
   result = tasks.get_runner("arrow_of_time")(config, workdir)
   assert result["step"] == 3
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "3"))
-  rows = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = f.read().splitlines()
   assert len(rows) == 3 and '"accuracy"' in rows[-1]
