@@ -12,6 +12,7 @@ rest. A task module exposes it with `run, validate = base.task(MyMethod)`.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, ClassVar
 
 import jax
@@ -25,7 +26,7 @@ from auxskd_jax.train import step as step_lib
 from auxskd_jax.train.state import TrainState
 
 
-class Method:
+class Method(abc.ABC):
   """Base class: the optimizer, the step and the task's validation, written once."""
   recipe: ClassVar[str] = ""
   name: ClassVar[str] = ""
@@ -48,9 +49,10 @@ class Method:
     state, self.init_report = encoder_lib.encoder_state(self.model, config, rng, tx, self.name)
     return state
 
+  @abc.abstractmethod
   def loss(self, params: Any, state: TrainState, clips: jax.Array,
            labels: dict[str, jax.Array], keys: step_lib.StepKeys) -> tuple[jax.Array, dict]:
-    raise NotImplementedError
+    """(loss, aux) on this device's clips; `train/step.py` says what `aux` holds."""
 
   def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                  steps_per_epoch: int, total_steps: int | None = None) -> TrainState:

@@ -20,12 +20,14 @@ Labels are 0-based (`speed - 1`, `segment - 1`, `pace - 1`, order = index in
 `sampling.vcop_permutations`). `train=False` turns augmentation off (centre crop); the draws
 of the pretext labels still come from `key`, so a validation pass is reproducible per key.
 
-Adding a clip kind: subclass `Recipe`, set `name`, override `sample` (and `num_views` /
-`window_len` / `check` if they differ), decorate with `@register`.
+Adding a clip kind: subclass `Recipe`, set `name`, define `sample` (and override `num_views` /
+`window_len` / `check` / `augment_frames` / `labels` where they differ), decorate with
+`@register`.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -104,8 +106,9 @@ class AugmentSpec:
     require(0.0 <= self.hue <= 0.5, "augment.hue", "must be in [0, 0.5] (turns of the hue wheel).")
 
 
-class Recipe:
-  """One kind of clip. Subclasses override `sample`; the base gathers frames and augments."""
+class Recipe(abc.ABC):
+  """One kind of clip. Subclasses define `sample`; the base gathers the frames it names and
+  augments them (`augment_frames`), and returns the drawn labels (`labels`)."""
   name: ClassVar[str] = ""
 
   def __init__(self, clip: ClipSpec, augment: AugmentSpec | None = None):
@@ -129,12 +132,26 @@ class Recipe:
     require(c.crop_size > 0, "clip.crop_size", "must be positive.")
     self.augment.check()
 
+  def min_views(self) -> int:
+    """Windows a batch must have at least (the loader ships `num_views`)."""
+    return self.num_views()
+
+  @abc.abstractmethod
   def sample(self, key: jax.Array, batch_size: int,
              num_windows: int) -> tuple[Sequence[int], jax.Array, Labels]:
     """Which window each clip reads (static, length N), the offsets `[B, N, L]`, labels."""
-    raise NotImplementedError
 
-  def _check_batch(self, batch: Mapping[str, Any], views_needed: int | None = None) -> jax.Array:
+  def augment_frames(self, key: jax.Array, frames: jax.Array, *, train: bool) -> jax.Array:
+    """uint8 frames `[B, N, L, H, W, 3]` -> float clips: one crop, flip and jitter per clip."""
+    return augment_lib.augment_clips(key, frames, crop_size=self.clip.crop_size,
+                                     augment=self.augment, train=train)
+
+  def labels(self, batch: Mapping[str, Any], drawn: Labels) -> Labels:
+    """The labels returned with the clips: by default those `sample` drew."""
+    del batch
+    return drawn
+
+  def _check_batch(self, batch: Mapping[str, Any]) -> jax.Array:
     if "windows" not in batch:
       raise ValueError(f"recipe {self.name!r}: the batch has no 'windows' "
                        "(uint8 [B, V, W, H, W_px, 3]).")
@@ -143,7 +160,7 @@ class Recipe:
       raise ValueError(f"recipe {self.name!r}: batch['windows'] has shape {windows.shape}; "
                        "expected [B, V, W, H, W_px, 3].")
     v, w = windows.shape[1:3]
-    need_v = self.num_views() if views_needed is None else views_needed
+    need_v = self.min_views()
     c = self.clip
     if v < need_v:
       raise ValueError(
@@ -163,11 +180,10 @@ class Recipe:
     Jits and pmaps: shapes are static, randomness comes only from `key`."""
     windows = self._check_batch(batch)
     k_sample, k_augment = jax.random.split(key)
-    views, offsets, labels = self.sample(k_sample, windows.shape[0], windows.shape[1])
+    views, offsets, drawn = self.sample(k_sample, windows.shape[0], windows.shape[1])
     frames = gather_lib.gather_frames(windows, views, offsets)
-    clips = augment_lib.augment_clips(k_augment, frames, crop_size=self.clip.crop_size,
-                                      augment=self.augment, train=train)
-    return clips, {k: jnp.asarray(x, jnp.int32) for k, x in labels.items()}
+    clips = self.augment_frames(k_augment, frames, train=train)
+    return clips, {k: jnp.asarray(x, jnp.int32) for k, x in self.labels(batch, drawn).items()}
 
 
 RECIPES: dict[str, type[Recipe]] = {}
@@ -273,7 +289,7 @@ class LabelledClip(Recipe):
   """Supervised training: one clip of consecutive frames and the video's class."""
   name = "clip"
 
-  def _labels(self, batch: Mapping[str, Any]) -> Labels:
+  def labels(self, batch: Mapping[str, Any], drawn: Labels) -> Labels:
     if "label" not in batch:
       raise ValueError(f"recipe {self.name!r}: the batch has no 'label'.")
     return {"label": jnp.asarray(batch["label"], jnp.int32)}
@@ -282,10 +298,6 @@ class LabelledClip(Recipe):
     L = self.clip.clip_len
     offsets = jnp.broadcast_to(sampling.consecutive_offsets(L), (batch_size, 1, L))
     return (0,), offsets, {}
-
-  def __call__(self, key, batch, *, train):
-    clips, _ = super().__call__(key, batch, train=train)
-    return clips, self._labels(batch)
 
 
 @register
@@ -300,19 +312,13 @@ class EvalClips(LabelledClip):
     super().check()
     require(self.clip.eval_clips >= 1, "clip.eval_clips", "must be at least 1.")
 
+  def min_views(self) -> int:
+    return 1  # one clip from each window the batch has, however many
+
   def sample(self, key, batch_size, num_windows):
     L = self.clip.clip_len
     offsets = jnp.broadcast_to(sampling.consecutive_offsets(L), (batch_size, num_windows, L))
     return tuple(range(num_windows)), offsets, {}
-
-  def __call__(self, key, batch, *, train):
-    windows = self._check_batch(batch, views_needed=1)
-    k_sample, k_augment = jax.random.split(key)
-    views, offsets, _ = self.sample(k_sample, windows.shape[0], windows.shape[1])
-    frames = gather_lib.gather_frames(windows, views, offsets)
-    clips = augment_lib.augment_clips(k_augment, frames, crop_size=self.clip.crop_size,
-                                      augment=self.augment, train=train)
-    return clips, self._labels(batch)
 
 
 @register
@@ -331,9 +337,15 @@ class RSPNetClips(Recipe):
     require(self.clip.max_speed >= 2, "clip.max_speed",
             "RSPNet's clips play at two different speeds, so it needs at least 2 speeds.")
 
-  def __call__(self, key, batch, *, train):
-    windows = self._check_batch(batch)
-    return rspnet_lib.rspnet_clips(key, windows, self.clip, self.augment, train=train)
+  def sample(self, key, batch_size, num_windows):
+    speeds = rspnet_lib.draw_rspnet_speeds(key, (batch_size,), self.clip.max_speed)
+    strides = jnp.stack([speeds[:, 0], speeds[:, 0], speeds[:, 1]], -1)
+    return (0, 1, 1), rspnet_lib.rspnet_offsets(speeds, self.clip.clip_len), {
+        "speed": strides - 1}
+
+  def augment_frames(self, key, frames, *, train):
+    return rspnet_lib.augment_query_and_keys(key, frames, crop_size=self.clip.crop_size,
+                                             augment=self.augment, train=train)
 
 
 # Conveniences taking an experiment config (or its `clip` section) and a recipe name.

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 
 from auxskd_jax.ops import augment as augment_lib
-from auxskd_jax.ops import gather as gather_lib
 from auxskd_jax.ops import rand
 
 NUM_VIEWS = 2
@@ -51,24 +50,17 @@ def rspnet_offsets(speeds: jax.Array, clip_len: int) -> jax.Array:
   return strides[..., None] * jnp.arange(clip_len, dtype=jnp.int32)
 
 
-def rspnet_clips(key: jax.Array, windows: jax.Array, clip: Any, augment: Any, *,
-                 train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """uint8 windows `[B, 2, W, H, W_px, 3]` -> clips float32 `[B, 3, L, crop, crop, 3]` in the
-  configured convention, and labels `{'speed': [B, 3]}` (0-based strides). `clip` and
-  `augment` are an `ops.ClipSpec` and `ops.AugmentSpec` (or sections with those fields)."""
-  c = clip
-  batch_size, length = windows.shape[0], c.clip_len
-  k_speed, k_query, k_keys = jax.random.split(key, 3)
-  speeds = draw_rspnet_speeds(k_speed, (batch_size,), c.max_speed)
-  offsets = rspnet_offsets(speeds, length)
-  frames = gather_lib.gather_frames(windows, (0, 1, 1), offsets)
-  query = augment_lib.augment_clips(k_query, frames[:, :1], crop_size=c.crop_size,
+def augment_query_and_keys(key: jax.Array, frames: jax.Array, *, crop_size: int, augment: Any,
+                           train: bool) -> jax.Array:
+  """Gathered frames `[B, 3, L, H, W, 3]` (query, key, other-speed key) -> clips
+  `[B, 3, L, crop, crop, 3]`: the query augmented on its own, the two keys as one clip of 2L
+  frames, so they share one crop and one flip (as the reference cuts both from one clip)."""
+  batch_size, _, length = frames.shape[:3]
+  k_query, k_keys = jax.random.split(key)
+  query = augment_lib.augment_clips(k_query, frames[:, :1], crop_size=crop_size,
                                     augment=augment, train=train)
-  # Both keys as one clip of 2L frames, so they get one crop and one flip.
   keys = frames[:, 1:].reshape(batch_size, 1, 2 * length, *frames.shape[3:])
-  keys = augment_lib.augment_clips(k_keys, keys, crop_size=c.crop_size,
-                                   augment=augment, train=train)
+  keys = augment_lib.augment_clips(k_keys, keys, crop_size=crop_size, augment=augment,
+                                   train=train)
   keys = keys.reshape(batch_size, 2, length, *keys.shape[3:])
-  clips = jnp.concatenate([query, keys], axis=1)
-  strides = jnp.stack([speeds[:, 0], speeds[:, 0], speeds[:, 1]], -1)
-  return clips, {"speed": (strides - 1).astype(jnp.int32)}
+  return jnp.concatenate([query, keys], axis=1)
