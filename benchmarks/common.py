@@ -98,8 +98,9 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
   """The experiment config of `task` (auxskd, vspp, finetune) at the paper's settings, with
   the benchmark's model, batch, dtype and sizes; validated like a real run."""
   from auxskd_jax import config as config_lib
-  from auxskd_jax import ops
+  from auxskd_jax import ops, runtime
   from auxskd_jax import defaults
+  from auxskd_jax.tasks import common
 
   c = config_lib.base_config()
   c.task = task
@@ -114,13 +115,13 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
   c.auxskd.queue_size = args.queue_size
   c.finetune = defaults.finetune()
   try:
-    config_lib.validate_common(c)
+    common.check_values(c)
     ops.validate("auxskd" if task == "auxskd" else "vspp" if task == "vspp" else "clip", c)
   except config_lib.ConfigError as e:
     raise SystemExit(f"benchmark flags give a bad config: {e}")
   if args.batch % args.devices:
     raise SystemExit(f"--batch={args.batch} does not split over --devices={args.devices}.")
-  config_lib.apply_runtime(c)  # the PRNG a real run uses (rbg by default), before any key
+  runtime.apply(c)  # the PRNG a real run uses (rbg by default), before any key
   return c
 
 

@@ -3,7 +3,7 @@
     python benchmarks/torch_compare.py --out=results/torch_compare.json
     python benchmarks/torch_compare.py --tiny --dtype=float32        # CPU smoke
 
-PyTorch side, built from `auxskd_jax.reference_torch.build_torch` (the same R(2+1)D as the
+PyTorch side, built from `auxskd_jax.testing.reference_torch.build_torch` (the same R(2+1)D as the
 Flax model): student + predictor (Linear-BN-ReLU-Linear), EMA teacher (BN statistics from its
 own training-mode forward), a queue of K normalised keys, KL between the softmaxed queue
 similarities (temperatures 0.1 / 0.02), SGD (lr 0.001, momentum 0.9, wd 0.005), EMA 0.999
@@ -49,7 +49,7 @@ class TorchAuxSKD:
     import torch
     from torch import nn
 
-    from auxskd_jax.reference_torch import build_torch
+    from auxskd_jax.testing.reference_torch import build_torch
 
     torch.manual_seed(seed)
     self.torch = torch

@@ -193,8 +193,8 @@ def test_validate_rejects_bad_values():
 
   config = tiny_config(teacher_bn="bogus")
   with pytest.raises(ConfigError, match="auxskd.teacher_bn"):
-    auxskd.validate(config)
+    auxskd.AuxSKD.validate(config)
   config = tiny_config()
   config.train.batch_size = 6
   with pytest.raises(ConfigError, match="train.batch_size"):
-    auxskd.validate(config)
+    auxskd.AuxSKD.validate(config)

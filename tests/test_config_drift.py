@@ -7,6 +7,7 @@ import os
 import pytest
 
 from auxskd_jax import config as config_lib
+from auxskd_jax import models
 from auxskd_jax.config import ConfigError
 
 
@@ -62,5 +63,5 @@ def test_save_config_is_atomic_json(tmp_path):
 
 def test_float16_is_refused():
   with pytest.raises(ConfigError, match="model.dtype.*bfloat16"):
-    config_lib.validate_common(_config(**{"model.dtype": "float16"}))
-  config_lib.validate_common(_config(**{"model.dtype": "bfloat16"}))
+    models.validate(_config(**{"model.dtype": "float16"}))
+  models.validate(_config(**{"model.dtype": "bfloat16"}))

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from auxskd_jax import convert, models
+from auxskd_jax import models
+from auxskd_jax.weights import convert
 
 torch = pytest.importorskip("torch")
-from auxskd_jax import reference_torch  # noqa: E402  (needs torch)
+from auxskd_jax.testing import reference_torch  # noqa: E402  (needs torch)
 
 HEADS = {"linear": 4, "linear_segment": 3}
 
@@ -166,7 +167,7 @@ def test_load_torch_checkpoint(tmp_path, monkeypatch):
 
 
 def test_importing_models_and_convert_needs_neither_torch_nor_tensorflow():
-  code = ("import sys; from auxskd_jax import models, convert; "
+  code = ("import sys; from auxskd_jax import models; from auxskd_jax.weights import convert; "
           "bad = [m for m in ('torch', 'tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from auxskd_jax import data
+from auxskd_jax.train import devices
 from auxskd_jax.testing import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,11 +156,11 @@ def test_shard_and_prefetch_to_devices(train):
   n = jax.local_device_count()
   assert n == 4
   batch = {"x": np.arange(8 * 3).reshape(8, 3)}
-  assert data.shard_for_devices(batch, n)["x"].shape == (4, 2, 3)
+  assert devices.shard_for_devices(batch, n)["x"].shape == (4, 2, 3)
   with pytest.raises(ValueError, match="multiple"):
-    data.shard_for_devices({"x": np.zeros(6)}, n)
+    devices.shard_for_devices({"x": np.zeros(6)}, n)
   it = data.make_loader(train, batch_size=8, window_len=3, num_epochs=1, shuffle=False)
-  out = list(data.prefetch_to_devices(it, size=2))
+  out = list(devices.prefetch_to_devices(it, size=2))
   assert len(out) == 1 and out[0]["windows"].shape == (4, 2, 1, 3, 32, 40, 3)
   np.testing.assert_array_equal(np.asarray(out[0]["index"]).ravel(), np.arange(8))
   assert jax.pmap(lambda i: i.sum())(out[0]["index"]).shape == (4,)

@@ -169,10 +169,11 @@ def _demo_config(**overrides):
 ])
 def test_demo_config_rejects_bad_values(key, value, message):
   from auxskd_jax import config as config_lib
+  from auxskd_jax import tasks
 
   config = _demo_config(**{key: value})
   with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")):
-    config_lib.validate(config)
+    tasks.get(config.task).validate(config)
 
 
 @pytest.mark.slow
@@ -181,9 +182,9 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
   from auxskd_jax import tasks
 
   config = _demo_config(**{"demo.quick": True})
-  config_lib.validate(config)
+  tasks.get(config.task).validate(config)
   workdir = str(tmp_path / "demo")
-  result = tasks.get_runner("demo")(config, workdir)
+  result = tasks.get("demo").run(config, workdir)
   for name in ("results.md", "results.json", "results.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   with open(os.path.join(workdir, "results.json")) as f:
@@ -204,7 +205,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
                 "finetune/random", "retrieval/auxskd_vspp", "linear_probe/vspp"):
     assert os.path.exists(os.path.join(workdir, stage, "stage_done.json")), stage
   capsys.readouterr()
-  again = tasks.get_runner("demo")(config, workdir)
+  again = tasks.get("demo").run(config, workdir)
   out = capsys.readouterr().out
   assert out.count("done before, skipped") == 13
   assert again["rows"] == result["rows"]

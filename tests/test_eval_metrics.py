@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from auxskd_jax.evaluate import linear_classifier, multiclip
-from auxskd_jax.evaluate.retrieval import topk_accuracy
+from auxskd_jax.evaluate.topk import topk_accuracy
 
 
 def _unit(deg):

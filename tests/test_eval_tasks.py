@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from auxskd_jax import config as config_lib
+from auxskd_jax import tasks
 from auxskd_jax.config import ConfigError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,11 +101,11 @@ def _finetune_config(data_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def finetuned(colour_data, tmp_path_factory):
-  from auxskd_jax.evaluate import finetune
+  from auxskd_jax.tasks import finetune
 
   workdir = str(tmp_path_factory.mktemp("ft"))
   config = _finetune_config(colour_data)
-  config_lib.validate(config)
+  tasks.get(config.task).validate(config)
   record = finetune.run(config, workdir)
   return workdir, record
 
@@ -126,14 +127,14 @@ def test_finetune_learns_colour_classes(finetuned):
 
 
 def test_retrieval_and_probe_from_our_checkpoint(finetuned, colour_data, tmp_path):
-  from auxskd_jax.evaluate import linear_probe, retrieval
+  from auxskd_jax.tasks import linear_probe, retrieval
 
   workdir, _ = finetuned
   c = _tiny(_load_config("retrieval_r21d_ucf101"), colour_data)
   c.augment.input_convention = "rgb"
   c.eval.init_from = workdir
   c.eval.topk = (1, 5, 50)
-  config_lib.validate(c)
+  tasks.get(c.task).validate(c)
   record = retrieval.run(c, str(tmp_path / "ret"))
   acc = record["metrics"]
   assert acc["top50"] == 1.0 and acc["top1"] >= 0.6, acc  # a fine-tuned colour net
@@ -146,13 +147,13 @@ def test_retrieval_and_probe_from_our_checkpoint(finetuned, colour_data, tmp_pat
   p.probe.steps = 200
   p.probe.learning_rate = 0.01
   p.probe.per_clip = True
-  config_lib.validate(p)
+  tasks.get(p.task).validate(p)
   probe = linear_probe.run(p, str(tmp_path / "probe"))
   assert probe["metrics"]["video_top1"] >= 0.8, probe["metrics"]
 
 
 def test_unlabelled_dataset_is_refused(colour_data, tmp_path):
-  from auxskd_jax.evaluate import finetune
+  from auxskd_jax.tasks import finetune
 
   c = _finetune_config(colour_data)
   with c.unlocked():
@@ -176,11 +177,13 @@ def _save_checkpoint(workdir, name, num_classes=128):
   import jax
   import optax
 
-  from auxskd_jax.evaluate import backbone
+  from auxskd_jax import weights
+  from auxskd_jax.tasks import common
+  from auxskd_jax.train import encoder as encoder_lib
   from auxskd_jax.train import checkpoint as ckpt_lib
   from auxskd_jax.train.state import TrainState
 
-  _, zeros = backbone.build_and_init(_small(name), num_classes=num_classes, random=False)
+  _, zeros = encoder_lib.build_and_init(_small(name), num_classes=num_classes, random=False)
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda z: rng.normal(size=z.shape).astype(z.dtype), zeros)
   state = TrainState.create(params={"encoder": variables["params"]},
@@ -193,17 +196,21 @@ def _save_checkpoint(workdir, name, num_classes=128):
 
 
 def _target(name, num_classes=None):
-  from auxskd_jax.evaluate import backbone
+  from auxskd_jax import weights
+  from auxskd_jax.tasks import common
+  from auxskd_jax.train import encoder as encoder_lib
 
-  return backbone.build_and_init(_small(name), num_classes=num_classes, random=False)[1]
+  return encoder_lib.build_and_init(_small(name), num_classes=num_classes, random=False)[1]
 
 
 def test_our_checkpoint_loads_with_new_head(tmp_path):
-  from auxskd_jax.evaluate import backbone
+  from auxskd_jax import weights
+  from auxskd_jax.tasks import common
+  from auxskd_jax.train import encoder as encoder_lib
 
   saved = _save_checkpoint(str(tmp_path / "pre"), "r21d_10")
   target = _target("r21d_10", num_classes=3)
-  v, report = backbone.load_backbone(str(tmp_path / "pre"), target, key="train.init_from",
+  v, report = weights.load_backbone(str(tmp_path / "pre"), target, strict=True, flag="train.init_from",
                                         model_name="r21d_10")
   np.testing.assert_array_equal(v["params"]["conv2"]["block1"]["bn1"]["scale"],
                                 saved["params"]["conv2"]["block1"]["bn1"]["scale"])
@@ -213,8 +220,9 @@ def test_our_checkpoint_loads_with_new_head(tmp_path):
   np.testing.assert_array_equal(v["params"]["linear"]["kernel"], target["params"]["linear"]["kernel"])
   assert not report.missing
   # A frozen backbone for retrieval: no head at all, every layer from the checkpoint.
-  model, frozen = backbone.frozen_backbone(_small("r21d_10"), str(tmp_path / "pre"),
-                                           "eval.init_from")
+  config = _small("r21d_10")
+  config.eval.init_from = str(tmp_path / "pre")
+  model, frozen = common.frozen_backbone(config, "eval.init_from")
   assert "linear" not in frozen["params"]
   np.testing.assert_array_equal(frozen["params"]["conv1"]["spatial_conv"]["kernel"],
                                 saved["params"]["conv1"]["spatial_conv"]["kernel"])
@@ -222,16 +230,18 @@ def test_our_checkpoint_loads_with_new_head(tmp_path):
 
 def test_torch_checkpoint_loads(tmp_path):
   torch = pytest.importorskip("torch")
-  from auxskd_jax import reference_torch
-  from auxskd_jax.evaluate import backbone
+  from auxskd_jax.testing import reference_torch
+  from auxskd_jax import weights
+  from auxskd_jax.tasks import common
+  from auxskd_jax.train import encoder as encoder_lib
 
   net = reference_torch.build_torch("r21d_10", num_classes=128, width=8)
   # A DataParallel-style checkpoint, as the reference saves them.
   sd = {"module." + k: v for k, v in net.state_dict().items()}
   path = str(tmp_path / "ref.pth")
   torch.save(sd, path)
-  v, report = backbone.load_backbone(path, _target("r21d_10", num_classes=3),
-                                     key="train.init_from",
+  v, report = weights.load_backbone(path, _target("r21d_10", num_classes=3), strict=True,
+                                     flag="train.init_from",
                                         model_name="r21d_10")
   w = sd["module.conv1.spatial_conv.weight"].numpy()  # (out, in, kt, kh, kw)
   np.testing.assert_allclose(v["params"]["conv1"]["spatial_conv"]["kernel"],
@@ -240,20 +250,24 @@ def test_torch_checkpoint_loads(tmp_path):
 
 
 def test_checkpoint_of_another_backbone_names_layers(tmp_path):
-  from auxskd_jax.evaluate import backbone
+  from auxskd_jax import weights
+  from auxskd_jax.tasks import common
+  from auxskd_jax.train import encoder as encoder_lib
 
   # r21d_10's checkpoint lacks the second block of every stage of r21d_18.
   _save_checkpoint(str(tmp_path / "r21d10"), "r21d_10")
   with pytest.raises(ConfigError, match=r"train.init_from.*conv\d/blocks"):
-    backbone.load_backbone(str(tmp_path / "r21d10"), _target("r21d_18", 3),
-                           key="train.init_from", model_name="r21d_18")
+    weights.load_backbone(str(tmp_path / "r21d10"), _target("r21d_18", 3), strict=True,
+                          flag="train.init_from", model_name="r21d_18")
   # A C3D checkpoint shares almost nothing with R(2+1)D.
   _save_checkpoint(str(tmp_path / "c3d"), "c3d")
   with pytest.raises(ConfigError, match="eval.init_from.*conv1"):
-    backbone.frozen_backbone(_small("r21d_10"), str(tmp_path / "c3d"), "eval.init_from")
+    config = _small("r21d_10")
+    config.eval.init_from = str(tmp_path / "c3d")
+    common.frozen_backbone(config, "eval.init_from")
 
 
 def test_missing_checkpoint_path_fails_validation(tmp_path):
   c = _finetune_config(str(tmp_path), **{"train.init_from": "/nonexistent/run"})
   with pytest.raises(ConfigError, match="train.init_from.*does not exist"):
-    config_lib.validate(c)
+    tasks.get(c.task).validate(c)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from auxskd_jax import config as config_lib
+from auxskd_jax import tasks
 from auxskd_jax.config import ConfigError
 from auxskd_jax.evaluate import evaluators, features, multiclip
 from auxskd_jax.evaluate.topk import knn_accuracy
@@ -144,7 +145,7 @@ def test_finetune_validation_matches_the_segmented_validation(tiny_prepared):
 
 def test_retrieval_records_its_feature_layer(tiny_prepared, tmp_path):
   from auxskd_jax import models
-  from auxskd_jax.evaluate import retrieval
+  from auxskd_jax.tasks import retrieval
 
   data_dir, name = tiny_prepared
   try:
@@ -156,7 +157,7 @@ def test_retrieval_records_its_feature_layer(tiny_prepared, tmp_path):
   config.task = "retrieval"
   config.clip.crop_size = 32  # conv5 is 2x2 at 32 pixels: max-pooled to 1x1
   config.augment.input_convention = "rgb"
-  config_lib.validate(config)
+  tasks.get(config.task).validate(config)
   record = retrieval.run(config, str(tmp_path))
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["feature_layer"] == record["feature_layer"] == "conv5_maxpool"
@@ -165,4 +166,4 @@ def test_retrieval_records_its_feature_layer(tiny_prepared, tmp_path):
   assert 0.0 <= saved["metrics"]["top1"] <= saved["metrics"]["top5"] <= 1.0
   config.eval.feature_layer = "conv6"
   with pytest.raises(ConfigError, match="eval.feature_layer"):
-    config_lib.validate(config)
+    tasks.get(config.task).validate(config)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from auxskd_jax import convert, models
+from auxskd_jax import models
+from auxskd_jax.weights import convert
 from auxskd_jax.models import init as init_lib
 
 HEADS = {"linear": 5, "linear_segment": 3}
@@ -47,7 +48,7 @@ def test_factories():
 @pytest.mark.parametrize("name", ["r21d_10", "c3d"])
 def test_fresh_model_matches_pytorch_defaults_layer_by_layer(name):
   torch = pytest.importorskip("torch")
-  from auxskd_jax import reference_torch
+  from auxskd_jax.testing import reference_torch
 
   ours = _fresh(name, "torch")
   torch.manual_seed(0)

@@ -34,8 +34,6 @@ METHOD = textwrap.dedent('''
         loss, accuracy = encoder_lib.classification_loss(logits, backwards)
         return loss, {"batch_stats": {"encoder": stats}, "metrics": {"accuracy": accuracy}}
 
-
-    run, validate = base.task(Arrow)
 ''')
 
 
@@ -53,9 +51,10 @@ def test_a_method_file_is_a_task(tiny_prepared, tmp_path, monkeypatch):
   config.clip.clip_len, config.clip.crop_size = 4, 16
   config.train.batch_size, config.train.num_steps = 4, 3
   config.train.log_every, config.train.checkpoint_every = 1, 2
-  config_lib.validate(config)
+  task = tasks.get("arrow_of_time")
+  task.validate(config)
   workdir = str(tmp_path / "run")
-  result = tasks.get_runner("arrow_of_time")(config, workdir)
+  result = task.run(config, workdir)
   assert result["step"] == 3
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "3"))
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

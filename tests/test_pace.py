@@ -78,11 +78,11 @@ def test_validate_names_bad_keys():
   config = tiny_config()
   config.clip.max_speed = 1
   with pytest.raises(ConfigError, match="clip.max_speed"):
-    pace.validate(config)
+    pace.VideoPace.validate(config)
   config = tiny_config()
   config.train.batch_size = 6
   with pytest.raises(ConfigError, match="train.batch_size"):
-    pace.validate(config)
+    pace.VideoPace.validate(config)
 
 
 def run_main(config_name, workdir, data, *extra):

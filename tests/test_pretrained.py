@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from auxskd_jax import convert, models, pretrained
+from auxskd_jax import models
+from auxskd_jax import weights as pretrained
+from auxskd_jax.weights import convert
 from auxskd_jax.errors import ConfigError
 
 torch = pytest.importorskip("torch")
-from auxskd_jax import reference_torch  # noqa: E402  (needs torch)
+from auxskd_jax.testing import reference_torch  # noqa: E402  (needs torch)
 
 WIDTH, EMBED, HIDDEN, QUEUE = 8, 16, 32, 12
 

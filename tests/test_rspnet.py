@@ -142,14 +142,14 @@ def test_validate_names_bad_keys():
   config = tiny_config()
   config.clip.max_speed = 1
   with pytest.raises(ConfigError, match="clip.max_speed"):
-    rspnet.validate(config)
+    rspnet.RSPNet.validate(config)
   config = tiny_config()
   config.rspnet.teacher_bn = "bogus"
   with pytest.raises(ConfigError, match="rspnet.teacher_bn"):
-    rspnet.validate(config)
+    rspnet.RSPNet.validate(config)
   del config["rspnet"]
   with pytest.raises(ConfigError, match="rspnet"):
-    rspnet.validate(config)
+    rspnet.RSPNet.validate(config)
 
 
 @pytest.mark.slow

@@ -104,11 +104,11 @@ def test_validate_names_bad_keys():
   config = tiny_config()
   config.clip.vcop_clips = 6
   with pytest.raises(ConfigError, match="clip.vcop_clips"):
-    vcop.validate(config)
+    vcop.VCOP.validate(config)
   config = tiny_config()
   config.vcop.dropout = 1.0
   with pytest.raises(ConfigError, match="vcop.dropout"):
-    vcop.validate(config)
+    vcop.VCOP.validate(config)
 
 
 @pytest.mark.slow

@@ -7,7 +7,5 @@ that needs TensorFlow and is not imported here.
 
 from auxskd_jax.data.loader import START_MODES, make_loader, num_batches
 from auxskd_jax.data.reader import VideoSource, open_split
-from auxskd_jax.train.devices import prefetch_to_devices, shard_for_devices
 
-__all__ = ["START_MODES", "VideoSource", "make_loader", "num_batches",
-           "open_split", "prefetch_to_devices", "shard_for_devices"]
+__all__ = ["START_MODES", "VideoSource", "make_loader", "num_batches", "open_split"]

@@ -1,4 +1,4 @@
-"""The `prepare` task: source videos -> TFDS `array_record` dataset of JPEG frames.
+"""Preparing a dataset (the `prepare` task): source videos -> TFDS `array_record` dataset of JPEG frames.
 
 Three resumable stages: scan the source (builder), decode every video in worker processes into
 a per-video cache (`<data_dir>/_prepare_cache/...`, skipped when already there), then write the
@@ -28,8 +28,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from auxskd_jax import config as config_lib
-from auxskd_jax.config import ConfigError, require
+from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.data import builders, decode, reader
 from auxskd_jax.data.builders.common import DATASET_VERSION, Scan, VideoItem
 
@@ -330,10 +329,10 @@ def _reuse(dataset_dir: str, report_path: str) -> dict[str, Any]:
   return report
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Prepares the dataset; returns the report (also written as prepare_report.json)."""
-  del workdir  # the dataset goes to config.data_dir
-  config_lib.ensure_valid(config, validate)
+def run(config: ml_collections.ConfigDict, workdir: str = "") -> dict[str, Any]:
+  """Prepares the dataset in config.data_dir (`workdir` is unused); returns the report (also
+  written as prepare_report.json). Call `validate(config)` first."""
+  del workdir
   start = time.time()
   builder = builders.get(config.builder)
   config_name = config.config_name or builder.config_name(config)

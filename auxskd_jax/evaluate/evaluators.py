@@ -28,8 +28,9 @@ import ml_collections
 import numpy as np
 
 from auxskd_jax import data, defaults, models
-from auxskd_jax.config import ConfigError, require
-from auxskd_jax.evaluate import backbone, features, multiclip
+from auxskd_jax.data import checks as data_checks
+from auxskd_jax.errors import ConfigError, require
+from auxskd_jax.evaluate import features, multiclip
 from auxskd_jax.evaluate.topk import DEFAULT_KS, knn_accuracy, topk_accuracy
 from auxskd_jax.train import encoder as encoder_lib
 
@@ -61,7 +62,7 @@ def knn_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def open_labelled(data_dir: str, name: str, split: str, key: str) -> Any:
   """A labelled split; a ConfigError naming the config key `key` if it has no labels."""
   source = data.open_split(data_dir, name, split)
-  backbone.require_labels(source, f"{name}:{split} (--config.{key})")
+  data_checks.require_labels(source, f"{name}:{split} (--config.{key})")
   return source
 
 

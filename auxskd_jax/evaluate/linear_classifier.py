@@ -12,8 +12,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+
+from auxskd_jax.evaluate import features, multiclip
 
 
 def _logits(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -66,3 +69,21 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
 def predict_logits(params: dict[str, Any], features: np.ndarray) -> np.ndarray:
   """Logits `[..., C]` of features `[..., D]` (any leading shape, e.g. `[N, E, D]`)."""
   return np.asarray(jax.device_get(jax.jit(_logits)(params, jnp.asarray(features, jnp.float32))))
+
+
+def evaluate_probe(train: dict[str, np.ndarray], test: dict[str, np.ndarray], num_classes: int,
+                   probe: ml_collections.ConfigDict, seed: int = 0) -> dict[str, float]:
+  """Trains on `train` features (`[N, E, D]`) and scores `test`; the protocol's metrics."""
+  kwargs = dict(steps=int(probe.steps), learning_rate=float(probe.learning_rate),
+                weight_decay=float(probe.weight_decay), batch_size=int(probe.batch_size),
+                seed=seed)
+  if probe.per_clip:
+    n, e, d = train["features"].shape
+    params = train_linear(train["features"].reshape(n * e, d),
+                                            np.repeat(train["labels"], e), num_classes, **kwargs)
+    logits = predict_logits(params, test["features"])
+    return multiclip.multiclip_accuracy(logits, test["labels"])
+  params = train_linear(features.video_features(train), train["labels"],
+                                          num_classes, **kwargs)
+  logits = predict_logits(params, features.video_features(test))
+  return multiclip.multiclip_accuracy(logits[:, None], test["labels"])

@@ -1,2 +1,2 @@
-"""Training methods: each module has a Method class for `train.loop.fit`, `validate(config)`
-and the task runner `run(config, workdir)` (registered in `auxskd_jax.tasks`)."""
+"""Training methods: each module defines one `Method` subclass (`methods/base.py`) for
+`train.loop.fit`; every such file is a pretraining task (`auxskd_jax.tasks.pretrain`)."""

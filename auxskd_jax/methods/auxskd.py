@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from auxskd_jax import models, pretrained
+from auxskd_jax import models, weights
 from auxskd_jax.config import require
 from auxskd_jax.methods import base, momentum
 from auxskd_jax.methods.momentum import normalize
@@ -80,7 +80,7 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
     """Student from `rng` (its backbone from `train.init_from` when that is one of our runs),
     teacher an exact copy, queue random-normal then normalised; or, when `train.init_from` is
     the authors' auxSKD `.pth`, their whole distillation state, to continue their run."""
-    if config.train.init_from.endswith(pretrained.TORCH_SUFFIXES):
+    if config.train.init_from.endswith(weights.TORCH_SUFFIXES):
       return self._continue_authors_run(config, tx)
     k_enc, k_pred, k_queue = jax.random.split(rng, 3)
     enc, self.init_report = encoder_lib.init_encoder(self.student, config, k_enc, self.name)
@@ -101,9 +101,9 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
     become the optimizer's trace (the data order starts afresh: their loader's state is not in
     the file)."""
     path = config.train.init_from
-    st = pretrained.load_auxskd_torch_state(
+    st = weights.load_auxskd_torch_state(
         path, config.model.name, width=config.model.width,
-        trust_pickle=pretrained.trust_pickle(config, "train.init_from"))
+        trust_pickle=weights.trust_pickle(config, "train.init_from"))
     size = int(st["queue"].shape[0])
     require(size == self.section.queue_size, "auxskd.queue_size",
             f"the checkpoint {path} holds a queue of {size} keys; set "
@@ -153,6 +153,3 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
     require(s.student_temp > 0, "auxskd.student_temp", "must be positive (0.1).")
     require(s.teacher_temp > 0, "auxskd.teacher_temp", "must be positive (0.02).")
     require(s.teacher_bn in TEACHER_BN, "auxskd.teacher_bn", f"use one of {TEACHER_BN}.")
-
-
-run, validate = base.task(AuxSKD)

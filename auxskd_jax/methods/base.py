@@ -7,7 +7,7 @@ A method subclasses `Method` and defines:
 - `loss(params, state, clips, labels, keys) -> (loss, aux)`: see `train/step.py`;
 - optionally `after_update(old_state, new_state, aux) -> new_state` and `check(config)`.
 The one training step (`train.step.make_train_step`) and the loop (`train.loop.fit`) do the
-rest. A task module exposes it with `run, validate = base.task(MyMethod)`.
+rest; the file is a pretraining task as it is (`auxskd_jax.tasks.pretrain`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any, Callable, ClassVar
 import jax
 import ml_collections
 
-from auxskd_jax import config as config_lib
 from auxskd_jax import ops
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train import loop, optim
@@ -77,26 +76,7 @@ class Method(abc.ABC):
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
-    """The method's, its recipe's, the loop's and the listed evaluators' checks."""
-    from auxskd_jax.evaluate import evaluators  # local: evaluate imports the methods
-
+    """The method's, its recipe's and the loop's checks (the task adds the data's)."""
     cls.check(config)
     ops.validate(cls.recipe, config)
     loop.validate(config)
-    evaluators.validate(config)
-
-
-def task(cls: type[Method]) -> tuple[Callable[[ml_collections.ConfigDict, str], dict],
-                                     Callable[[ml_collections.ConfigDict], None]]:
-  """`(run, validate)` of the pretraining task that trains `cls` (what `tasks.py` calls)."""
-
-  def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Pretrains, checkpointing to `workdir` (resumes from its checkpoints)."""
-    from auxskd_jax.evaluate import evaluators  # local: evaluate imports the methods
-
-    config_lib.ensure_valid(config, cls.validate)
-    state = loop.fit(cls(config), config, workdir,
-                     evaluators=evaluators.build_evaluators(config))
-    return {"workdir": workdir, "step": int(state.step)}
-
-  return run, cls.validate

@@ -2,7 +2,7 @@
 classes, cross-entropy (optionally label-smoothed) on augmented 16-frame clips (recipe `clip`).
 
 The task that runs it - periodic validation, the final multi-clip test, reports - is
-`auxskd_jax/evaluate/finetune.py`.
+`auxskd_jax/tasks/finetune.py`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from auxskd_jax import pretrained
-from auxskd_jax.evaluate import backbone
+from auxskd_jax import weights
 from auxskd_jax.methods import base
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train.state import TrainState
@@ -48,9 +47,9 @@ class Finetune(base.Method):
     path = config.train.init_from
     if path:
       heads = ("linear",) if config.finetune.keep_head else ()
-      variables, self.init_report = backbone.load_backbone(
-          path, variables, key="train.init_from", model_name=config.model.name, heads=heads,
-          trust_pickle=pretrained.trust_pickle(config, "train.init_from"))
+      variables, self.init_report = weights.load_backbone(
+          path, variables, model_name=config.model.name, strict=True, heads=heads,
+          flag="train.init_from", trust_pickle=weights.trust_pickle(config, "train.init_from"))
     else:
       logging.info("finetune: --config.train.init_from is empty; training from scratch.")
     return variables

@@ -40,6 +40,3 @@ class VideoPace(base.Method):
   def check(cls, config: ml_collections.ConfigDict) -> None:
     require(config.clip.max_speed >= 2, "clip.max_speed",
             "VideoPace predicts the pace: use at least 2 paces (4 in the paper).")
-
-
-run, validate = base.task(VideoPace)

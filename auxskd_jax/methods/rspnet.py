@@ -145,6 +145,3 @@ class RSPNet(momentum.MomentumTeacher, base.Method):
             "rspnet.weight_avid", "loss weights must be >= 0 and not both 0 (1.0 and 1.0).")
     require(s.teacher_bn in momentum.TEACHER_BN, "rspnet.teacher_bn",
             f"use one of {momentum.TEACHER_BN}.")
-
-
-run, validate = base.task(RSPNet)

@@ -116,6 +116,3 @@ class VCOP(base.Method):
     if "vcop" in config:
       require(config.vcop.hidden > 0, "vcop.hidden", "must be positive (512 in the paper).")
       require(0.0 <= config.vcop.dropout < 1.0, "vcop.dropout", "is a rate in [0, 1) (0.5).")
-
-
-run, validate = base.task(VCOP)

@@ -44,6 +44,3 @@ class VSPP(base.Method):
             "VSPP predicts the speed: use at least 2 speeds (4 in the paper).")
     require(config.clip.num_segments >= 2, "clip.num_segments",
             "VSPP predicts the segment: use at least 2 segments (4 in the paper).")
-
-
-run, validate = base.task(VSPP)

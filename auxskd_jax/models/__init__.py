@@ -1,6 +1,6 @@
 """Video backbones (SPEC section 2) in Flax linen: `build(name, ...)`.
 
-Module names mirror the reference PyTorch state_dict keys, so `auxskd_jax.convert` is a
+Module names mirror the reference PyTorch state_dict keys, so `auxskd_jax.weights.convert` is a
 renaming plus transposes. Input is NDHWC `[B, T, H, W, 3]`.
 """
 
@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.models import init  # noqa: F401  (models.init: the initialiser factories)
 from auxskd_jax.models import init as init_lib
 from auxskd_jax.models import s3dg as s3dg_lib
@@ -92,6 +93,28 @@ def check_input(name: str, clip_len: int, crop_size: int) -> None:
   if t < 1 or h < 1:
     raise ValueError(f"clips of {clip_len}x{crop_size}x{crop_size} are too small for {name}: "
                      "raise clip.clip_len / clip.crop_size.")
+
+
+def validate(config: Any) -> None:
+  """ConfigError for a `config.model` (and the `config.clip` size it takes) that cannot work."""
+  m = config.model
+  require(m.name in NAMES, "model.name",
+          f"{m.name!r} is not a backbone; choose one of {sorted(NAMES)}.")
+  require(m.dtype != "float16", "model.dtype",
+          "float16 needs loss scaling, which the training steps do not do (its gradients "
+          "underflow); use bfloat16 for mixed precision, or float32.")
+  require(m.dtype in ("float32", "bfloat16"), "model.dtype",
+          "use float32 or bfloat16 (mixed precision; parameters stay float32).")
+  require(m.width > 0, "model.width", "must be positive (64 is the paper's).")
+  require(m.get("init", "torch") in INIT_SCHEMES, "model.init",
+          f"use one of {list(INIT_SCHEMES)} ('torch' = PyTorch's defaults).")
+  require(m.name != "s3d_g" or m.width % 8 == 0, "model.width",
+          "S3D-G's channel counts need a width that is a multiple of 8 (64 is the release's).")
+  if "clip" in config:
+    try:
+      check_input(m.name, config.clip.clip_len, config.clip.crop_size)
+    except ValueError as e:
+      raise ConfigError(f"--config.clip.crop_size / clip.clip_len: {e}") from None
 
 
 def head_names(variables: Mapping[str, Any]) -> list[str]:

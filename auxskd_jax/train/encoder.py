@@ -8,11 +8,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 
-from auxskd_jax import models, pretrained
-from auxskd_jax.train import init_from
+from auxskd_jax import models, weights
+from auxskd_jax.train import devices
 from auxskd_jax.train.state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -34,7 +35,7 @@ def init_scheme(config: ml_collections.ConfigDict) -> str:
 
 def student_bn_axis(config: ml_collections.ConfigDict) -> str | None:
   """'sync' BN averages statistics over the pmap axis; 'local' keeps them per device."""
-  return "batch" if config.train.bn == "sync" else None
+  return devices.AXIS if config.train.bn == "sync" else None
 
 
 def dummy_clip(config: ml_collections.ConfigDict, batch: int = 2) -> jax.Array:
@@ -46,6 +47,24 @@ def init_variables(module: nn.Module, rng: jax.Array, x: jax.Array) -> dict[str,
   """`{'params', 'batch_stats'}` of `module` (batch_stats empty if it has no BN)."""
   variables = jax.jit(lambda r, v: module.init(r, v, train=False))(rng, x)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def build_and_init(config: ml_collections.ConfigDict, *, num_classes: int | None = None,
+                   bn_axis_name: str | None = None, seed: int | None = None,
+                   random: bool = True) -> tuple[Any, dict]:
+  """The configured backbone (with a `linear` head of `num_classes` if given) and its variables.
+
+  `random=False` gives zeros of the right shapes from `jax.eval_shape`, without compiling the
+  initialiser: enough when every layer is about to be loaded from a checkpoint.
+  """
+  model = build_encoder(config, num_classes=num_classes, bn_axis_name=bn_axis_name)
+  x = dummy_clip(config, batch=1)
+  if not random:
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return model, {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
+  rng = jax.random.PRNGKey(int(config.seed if seed is None else seed))
+  return model, init_variables(model, rng, x)
 
 
 def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array,
@@ -67,11 +86,9 @@ def init_encoder(model: Any, config: ml_collections.ConfigDict, rng: jax.Array,
   if not config.train.init_from:
     logging.info("%s: backbone %s from scratch.", name, config.model.name)
     return variables, None
-  variables, report = init_from.load_encoder(
-      config.train.init_from, variables, model_name=config.model.name,
-      trust_pickle=pretrained.trust_pickle(config, "train.init_from"))
-  logging.info("%s", report.summary())
-  return variables, report
+  return weights.load_backbone(
+      config.train.init_from, variables, model_name=config.model.name, strict=False,
+      trust_pickle=weights.trust_pickle(config, "train.init_from"))
 
 
 def encoder_state(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array, tx: Any,

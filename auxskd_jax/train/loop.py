@@ -53,7 +53,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the loop needs: the global batch splits evenly over every device of every host."""
+  """Checks the loop needs: a batch that splits evenly over every device of every host."""
+  require(config.train.batch_size > 0, "train.batch_size", "must be positive.")
+  require(config.train.bn in ("sync", "local"), "train.bn", "use 'sync' or 'local'.")
   n = jax.device_count()
   b = config.train.batch_size
   if b % n:

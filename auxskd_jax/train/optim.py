@@ -10,6 +10,15 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+from auxskd_jax.errors import require
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """ConfigError for an `optim` section the schedules cannot build."""
+  require(config.optim.schedule in ("step", "cosine", "constant"), "optim.schedule",
+          "use 'step', 'cosine' or 'constant'.")
+  require(config.optim.learning_rate > 0, "optim.learning_rate", "must be positive.")
+
 
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                   total_steps: int) -> optax.Schedule:

@@ -1,5 +1,6 @@
-"""Starting from a checkpoint: the one loading path behind `train.init_from` and
-`eval.init_from`, and the authors' auxSKD state for continuing their run.
+"""Weights in and out: the one loading path behind `train.init_from` and `eval.init_from`
+(`load_backbone`), the authors' auxSKD state for continuing their run, and the conversion to
+and from PyTorch state dicts (`weights.convert`).
 
 Sources (`path`):
 - one of our runs: a workdir, its `checkpoints/` folder or one step folder (orbax); the
@@ -26,8 +27,11 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from auxskd_jax import convert, models
-from auxskd_jax.errors import ConfigError
+from absl import logging
+
+from auxskd_jax import models
+from auxskd_jax.errors import ConfigError, require
+from auxskd_jax.weights import convert, orbax
 
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar")
 # In lenient mode, fewer of the target's backbone parameter arrays than this fraction found
@@ -69,6 +73,19 @@ class LoadReport:
       if names:
         lines.append(f"  {title}: " + ", ".join(names))
     return "\n".join(lines)
+
+
+class MissingCheckpointError(ConfigError, FileNotFoundError):
+  """The checkpoint to start from is not there."""
+
+
+def require_exists(config: Any, key: str) -> None:
+  """ConfigError unless `--config.<key>` (e.g. 'train.init_from') is '' or exists."""
+  section, name = key.split(".")
+  path = config[section].get(name, "") if section in config else ""
+  require(not path or os.path.exists(path), key,
+          f"{path!r} does not exist; give one of our workdirs / checkpoint directories or a "
+          "reference PyTorch .pth, or '' to start from a random initialisation.")
 
 
 def trust_pickle(config: Any, flag: str) -> bool:
@@ -114,13 +131,11 @@ def read_backbone(path: str, *, model_name: str | None, flag: str = "train.init_
                   trust_pickle: bool = False) -> tuple[dict[str, Any], str, int | None]:
   """(backbone variables {'params', 'batch_stats'}, format, epoch) of any supported source."""
   if not os.path.exists(path):
-    raise ConfigError(f"{_where(flag, path)} does not exist; give one of our workdirs / "
+    raise MissingCheckpointError(f"{_where(flag, path)} does not exist; give one of our workdirs / "
                       "checkpoint directories or a PyTorch .pth file.")
   if not _is_torch_file(path):
-    from auxskd_jax.train import checkpoint as ckpt_lib
-
     try:
-      tree = ckpt_lib.restore_variables(path)
+      tree = orbax.restore_variables(path)
     except FileNotFoundError as e:
       raise ConfigError(f"{_where(flag, path)}: {e}") from e
     params, stats = tree.get("params", {}) or {}, tree.get("batch_stats", {}) or {}
@@ -187,22 +202,28 @@ def _shown(names: list[str], limit: int = 12) -> str:
   return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def load_backbone(path: str, target_variables: Any, *, model_name: str | None, strict: bool,
-                  heads: Iterable[str] | str = (), flag: str = "train.init_from",
-                  trust_pickle: bool = False) -> tuple[Any, LoadReport]:
+def load_backbone(source: str, target_variables: Any, *, strict: bool,
+                  model_name: str | None = None, heads: Iterable[str] | str | None = None,
+                  flag: str = "train.init_from", trust_pickle: bool = False
+                  ) -> tuple[Any, LoadReport]:
   """`target_variables` ({'params', 'batch_stats'} of `models.build(model_name, ...)`, heads
-  included) with the backbone of the checkpoint at `path`, and a report of what loaded.
+  included) with the backbone of the checkpoint `source` (one of our runs or the authors'
+  PyTorch files), and a report of what loaded (also logged).
 
   `heads`: names of the target's heads to take from the checkpoint too (when shapes match),
-  or 'all'; the others keep their values (fine-tuning's new head). `strict`: every backbone
+  or 'all'; the others keep their values (fine-tuning's new head). Default: none when
+  `strict`, all otherwise (a pretext method keeps whatever head fits). `strict`: every backbone
   layer must load, else a `ConfigError` naming `flag` and the layers; otherwise (pretext
   methods) matching layers are copied and the rest reported, with a `ConfigError` only when
   less than half of the backbone matches (another backbone or width). `model_name` is needed
   for PyTorch files; `trust_pickle` allows pickled objects in them.
   """
-  source, fmt, epoch = read_backbone(path, model_name=model_name, flag=flag,
-                                     trust_pickle=trust_pickle)
-  merged, report = merge(source, target_variables, heads=heads, name=path)
+  path = source
+  if heads is None:
+    heads = () if strict else ALL_HEADS
+  tree, fmt, epoch = read_backbone(path, model_name=model_name, flag=flag,
+                                   trust_pickle=trust_pickle)
+  merged, report = merge(tree, target_variables, heads=heads, name=path)
   report.format, report.epoch = fmt, epoch
   target_heads = set(models.head_names(flax.serialization.to_state_dict(target_variables)))
   absent = sorted((a for a in report.missing + report.shape_mismatch
@@ -222,6 +243,7 @@ def load_backbone(path: str, target_variables: Any, *, model_name: str | None, s
     raise ConfigError(
         f"{_where(flag, path)}: only {len(got)} of the backbone's {len(params)} parameter "
         f"arrays match this checkpoint. {hint} Not found or wrong shape: {_shown(absent)}")
+  logging.info("%s", report.summary())
   return merged, report
 
 

@@ -24,17 +24,20 @@ from typing import Any, Callable
 
 import ml_collections
 
-from auxskd_jax import config as config_lib
-from auxskd_jax.config import require
+from auxskd_jax import tasks
 from auxskd_jax.demo import motions, stages, summary
+from auxskd_jax.errors import require
+from auxskd_jax.tasks import Task, common
 
 DONE = "stage_done.json"
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Demo-specific checks; each stage's own task validates its config when it starts."""
+  """The components' value checks and the demo's; each stage's own task validates its config
+  when it starts."""
   import jax
 
+  common.check_values(config)
   require("demo" in config, "demo", "the demo needs its `demo` section (configs/demo.py).")
   d = config.demo
   require(d.size >= config.clip.crop_size and d.size % 2 == 0, "demo.size",
@@ -79,6 +82,13 @@ def _stage(workdir: str, name: str, fn: Callable[[str], dict[str, Any]]) -> dict
   return result
 
 
+def _run_task(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """One stage: the task `name`, validated, then run."""
+  task = tasks.get(name)
+  task.validate(config)
+  return task.run(config, workdir)
+
+
 def _last_metrics(workdir: str) -> dict[str, float]:
   """The pretext task's last logged training metrics (accuracy of speed/segment, loss)."""
   from auxskd_jax.evaluate import report
@@ -94,10 +104,8 @@ def _last_metrics(workdir: str) -> dict[str, float]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the whole demo in `workdir` (resuming finished stages); returns the results."""
-  from auxskd_jax import tasks
   from auxskd_jax.demo import generate
 
-  config_lib.ensure_valid(config, validate)
   if config.demo.quick:
     config = stages.quick(config)
   t_start = time.time()
@@ -114,8 +122,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     manifest = generate.generate(raw, s, progress=_say)
     for src, name, labelled in ((manifest["actions_dir"], stages.ACTIONS, True),
                                 (manifest["pool_dir"], stages.POOL, False)):
-      tasks.get_runner("prepare")(
-          stages.prepare_config(src, tfds_dir, name, labelled, int(config.seed)), tfds_dir)
+      _run_task("prepare", stages.prepare_config(src, tfds_dir, name, labelled,
+                                                 int(config.seed)), tfds_dir)
     return manifest
 
   manifest = _stage(workdir, "data", make_data)
@@ -123,7 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   def pretrain(task: str, init_from: str, chain: str) -> Callable[[str], dict[str, Any]]:
     def fn(stage_dir: str) -> dict[str, Any]:
       c = stages.pretrain_config(config, task, tfds_dir, init_from, chain)
-      result = tasks.get_runner(task)(c, stage_dir)
+      result = _run_task(task, c, stage_dir)
       return {**result, "final": _last_metrics(stage_dir)}
     return fn
 
@@ -138,15 +146,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt = os.path.join(pre, source) if source else ""
     slug = source or "random"
     chain = init if source else ""
-    finetune[init] = _stage(workdir, f"finetune/{slug}", lambda sd, c=ckpt, m=chain: tasks
-                            .get_runner("finetune")(stages.finetune_config(
-                                config, tfds_dir, c, m), sd))
-    retrieval[init] = _stage(workdir, f"retrieval/{slug}", lambda sd, c=ckpt, m=chain: tasks
-                             .get_runner("retrieval")(stages.retrieval_config(
-                                 config, tfds_dir, c, m), sd))
-    probe[init] = _stage(workdir, f"linear_probe/{slug}", lambda sd, c=ckpt, m=chain: tasks
-                         .get_runner("linear_probe")(stages.probe_config(
-                             config, tfds_dir, c, m), sd))
+    finetune[init] = _stage(workdir, f"finetune/{slug}", lambda sd, c=ckpt, m=chain: _run_task(
+        "finetune", stages.finetune_config(config, tfds_dir, c, m), sd))
+    retrieval[init] = _stage(workdir, f"retrieval/{slug}", lambda sd, c=ckpt, m=chain: _run_task(
+        "retrieval", stages.retrieval_config(config, tfds_dir, c, m), sd))
+    probe[init] = _stage(workdir, f"linear_probe/{slug}", lambda sd, c=ckpt, m=chain: _run_task(
+        "linear_probe", stages.probe_config(config, tfds_dir, c, m), sd))
     if source:
       pretext[init] = _last_metrics(os.path.join(pre, source))
 
@@ -163,3 +168,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(f.read(), flush=True)
   _say(f"done in {info['seconds']:.0f}s; results in {paths['md']}, {paths['png']}")
   return {"rows": table, "info": info, "paths": paths}
+
+
+TASK = Task("demo", validate, run)

@@ -21,32 +21,32 @@ import ml_collections
 from absl import logging
 
 from auxskd_jax import config as config_lib
-from auxskd_jax.config import require
-from auxskd_jax.evaluate import backbone, evaluators, report
-from auxskd_jax.evaluate.topk import DEFAULT_KS, topk_accuracy
-
-__all__ = ["DEFAULT_KS", "topk_accuracy", "run", "validate"]
+from auxskd_jax.errors import require
+from auxskd_jax.evaluate import evaluators, report
+from auxskd_jax.evaluate.topk import DEFAULT_KS
+from auxskd_jax.tasks import Task, common
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  backbone.validate_data(config)
+  """The components' checks, both splits readable, the k values, the feature layer; then every
+  backbone layer of `eval.init_from` fits."""
+  common.check_experiment(config, splits=(config.data.train_split, config.data.test_split))
+  common.check_evaluation(config)
   ks = tuple(config.eval.get("topk", DEFAULT_KS))
   require(len(ks) > 0 and all(int(k) >= 1 for k in ks), "eval.topk",
           f"needs positive k values, e.g. {DEFAULT_KS}; got {ks}.")
   evaluators.validate(config)  # eval.feature_layer: known, and not empty at this clip size
-  path = config.eval.get("init_from", "")
-  require(not path or os.path.exists(path), "eval.init_from",
-          f"{path!r} does not exist; give a workdir / checkpoint dir / .pth, or '' for random init.")
+  for key in common.INIT_KEYS:
+    common.check_init_fits(config, key, strict=True)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Extracts video features of both splits, scores retrieval, writes results and a plot."""
-  config_lib.ensure_valid(config, validate)
   chief = jax.process_index() == 0  # every process extracts its share; process 0 writes
   if chief:
     config_lib.save_config(config, workdir)
   path = config.eval.get("init_from", "")
-  model, variables = backbone.frozen_backbone(config, path, "eval.init_from")
+  model, variables = common.frozen_backbone(config, "eval.init_from")
   retrieval = evaluators.Retrieval(config, model=model)
   acc = retrieval.scores(variables)
   metrics = {f"top{k}": v for k, v in acc.items()}
@@ -64,3 +64,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info("retrieval (%s, %d-d): %s", retrieval.feature_layer, retrieval.feature_dim,
                " ".join(f"top{k}={100 * v:.2f}%" for k, v in acc.items()))
   return record
+
+
+TASK = Task("retrieval", validate, run)

@@ -2,8 +2,8 @@
 
 The backbone starts from `--config.train.init_from` (any of our checkpoints, a reference
 PyTorch `.pth`, or '' for training from scratch) with a new `linear` head for the dataset's
-classes, and is trained by the shared loop on augmented 16-frame clips (recipe `clip`, `methods/finetune.py`) with
-cross-entropy. Every `eval.every_epochs` epochs the loop runs the clip-level validation
+classes, and is trained by the shared loop on augmented 16-frame clips (recipe `clip`,
+`methods/finetune.py`) with cross-entropy. Every `eval.every_epochs` epochs the loop runs the clip-level validation
 (`evaluators.FinetuneValidation`, logged as `val/clip_top1`, `val/loss`); at the end the test
 split is scored the standard way: E = 10 uniformly spaced centre clips per video, softmax
 averaged per video (video top-1/top-5), plus clip-level top-1.
@@ -18,29 +18,32 @@ import jax
 import ml_collections
 from absl import logging
 
-from auxskd_jax import config as config_lib
-from auxskd_jax import data
-from auxskd_jax.config import require
-from auxskd_jax.evaluate import backbone, evaluators, features, multiclip, report
+from auxskd_jax import data, ops
+from auxskd_jax.data import checks as data_checks
+from auxskd_jax.errors import require
+from auxskd_jax.evaluate import evaluators, features, multiclip, report
 from auxskd_jax.methods import finetune as finetune_method
+from auxskd_jax.tasks import Task, common
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train import loop
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  backbone.validate_data(config)
+  """The components' checks, both splits readable, fine-tuning's own settings, the loop's and
+  the evaluators'; then every backbone layer of `train.init_from` fits."""
+  common.check_experiment(config, splits=(config.data.train_split, config.data.test_split))
+  common.check_evaluation(config)
   require("finetune" in config, "finetune",
           "fine-tuning needs a finetune section (auxskd_jax.defaults.finetune).")
   require(config.finetune.val_clips >= 1, "finetune.val_clips", "needs at least one clip.")
   require(0.0 <= config.finetune.label_smoothing < 1.0, "finetune.label_smoothing",
           "must lie in [0, 1).")
   require(config.eval.every_epochs > 0, "eval.every_epochs", "must be positive.")
-  path = config.train.init_from
-  require(not path or os.path.exists(path), "train.init_from",
-          f"{path!r} does not exist; give a workdir / checkpoint dir / .pth, or '' to train from "
-          "scratch.")
+  ops.validate(finetune_method.Finetune.recipe, config)
   evaluators.validate(config)
   loop.validate(config)
+  for key in common.INIT_KEYS:
+    common.check_init_fits(config, key, strict=True)
 
 
 def evaluator_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -53,11 +56,11 @@ def evaluator_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Fine-tunes (the loop validates every eval.every_epochs epochs), then tests with E clips
   per video; writes results.json/.md and the training curves."""
-  config_lib.ensure_valid(config, validate)
   train_src = data.open_split(config.data.data_dir, config.data.name, config.data.train_split)
   test_src = data.open_split(config.data.data_dir, config.data.name, config.data.test_split)
-  num_classes = backbone.require_labels(train_src, f"{config.data.name}:{config.data.train_split}")
-  backbone.require_labels(test_src, f"{config.data.name}:{config.data.test_split}")
+  num_classes = data_checks.require_labels(train_src,
+                                           f"{config.data.name}:{config.data.train_split}")
+  data_checks.require_labels(test_src, f"{config.data.name}:{config.data.test_split}")
   steps_per_epoch, total_steps = loop.schedule_lengths(config, len(train_src))
   method = finetune_method.Finetune(config, num_classes, total_steps=total_steps)
   # One extractor (one compiled forward) for the periodic validation and the final test.
@@ -82,3 +85,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                100 * metrics["video_top1"], 100 * metrics["video_top5"],
                100 * metrics["clip_top1"])
   return record
+
+
+TASK = Task("finetune", validate, run)

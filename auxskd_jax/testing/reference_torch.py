@@ -17,7 +17,7 @@ try:
   import torch.nn.functional as F
   from torch import nn
 except ImportError as e:  # pragma: no cover - depends on the environment
-  raise ImportError("auxskd_jax.reference_torch needs PyTorch: pip install 'auxskd-jax[torch]'"
+  raise ImportError("auxskd_jax.testing.reference_torch needs PyTorch: pip install 'auxskd-jax[torch]'"
                     ) from e
 
 from auxskd_jax.models import ARCHITECTURES

@@ -1,0 +1,97 @@
+"""What `main.py` can run: `config.task` -> a `Task` (validate, then run).
+
+The tasks are the only layer that reads a whole experiment config: each task's `validate` is
+put together from the checks of the components it uses (models, ops, data, weights, train,
+evaluate), and `run` does the work. Besides the modules below, every pretext method file
+`auxskd_jax/methods/<name>.py` is a task `<name>` (`tasks.pretrain`), so a new method is one
+file plus its config.
+
+Task modules are imported lazily so that a task's dependencies (TensorFlow for `prepare`) load
+only when that task runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+from typing import Any, Callable
+
+import ml_collections
+
+from auxskd_jax.errors import ConfigError, require
+
+# Task name -> module defining `TASK`. A module that is absent (not written yet) is no task.
+MODULES: dict[str, str] = {
+    "prepare": "auxskd_jax.tasks.prepare",
+    "finetune": "auxskd_jax.tasks.finetune",
+    "retrieval": "auxskd_jax.tasks.retrieval",
+    "linear_probe": "auxskd_jax.tasks.linear_probe",
+    "demo": "auxskd_jax.tasks.demo",
+    "pipeline": "auxskd_jax.tasks.pipeline",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A runnable task: `validate(config)` raises ConfigError before any work (main.py calls it
+  once, after joining a multi-process job); `run(config, workdir)` does the work and returns
+  a summary. `uses_workdir=False`: the task writes elsewhere (prepare writes to data_dir), so
+  main.py neither checks nor writes the workdir's config.json."""
+  name: str
+  validate: Callable[[ml_collections.ConfigDict], None]
+  run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+  uses_workdir: bool = True
+
+
+def _module_exists(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ModuleNotFoundError:
+    return False
+
+
+def _method_task(name: str) -> Task | None:
+  """The pretraining task of the method file `auxskd_jax/methods/<name>.py`, if it has one."""
+  if not name.isidentifier() or not _module_exists(f"auxskd_jax.methods.{name}"):
+    return None
+  from auxskd_jax.tasks import pretrain
+
+  return pretrain.task_for(name)
+
+
+def names() -> list[str]:
+  """Every task name: the registry's modules that exist and the method files'."""
+  import pkgutil
+
+  import auxskd_jax.methods
+
+  found = {n for n, m in MODULES.items() if _module_exists(m)}
+  for info in pkgutil.iter_modules(auxskd_jax.methods.__path__):
+    if info.name not in found and _method_task(info.name) is not None:
+      found.add(info.name)
+  return sorted(found)
+
+
+def known(name: str) -> bool:
+  """Whether `name` names a runnable task."""
+  if name in MODULES:
+    return _module_exists(MODULES[name])
+  return _method_task(name) is not None
+
+
+def get(name: str) -> Task:
+  """The task `name`; ConfigError (naming --config.task) if there is none."""
+  if name in MODULES and _module_exists(MODULES[name]):
+    return importlib.import_module(MODULES[name]).TASK
+  task = _method_task(name) if name not in MODULES else None
+  if task is None:
+    raise ConfigError(f"--config.task: {name!r} is not a known task; choose one of "
+                      f"{names()}.")
+  return task
+
+
+def of(config: ml_collections.ConfigDict) -> Task:
+  """The task `config.task` names."""
+  require("task" in config, "task", "every config needs a task.")
+  return get(config.task)
