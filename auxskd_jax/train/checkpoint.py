@@ -25,18 +25,25 @@ import base64
 import dataclasses
 import json
 import os
+import threading
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from auxskd_jax import distributed
+from auxskd_jax.train import digest as digest_lib
 from auxskd_jax.train import state as state_lib
 from auxskd_jax.weights.orbax import checkpoint_dir, restore_variables  # noqa: F401
 
 LOADER_FORMAT = 2
+DIGEST_FORMAT = 1
+DIGEST_KEY = "auxskd_digest"  # in orbax's custom step metadata: the step has digest files
+DIGEST_PREFIX = "_DIGEST.process_"  # + "<process index>.json", inside the step folder
+CORRUPT_DIR = "corrupt"  # steps that failed verification, under checkpoints/
 
 
 def _manager_options(keep: int, async_save: bool) -> ocp.CheckpointManagerOptions:
@@ -54,12 +61,69 @@ def _manager_options(keep: int, async_save: bool) -> ocp.CheckpointManagerOption
   return ocp.CheckpointManagerOptions(**kwargs)
 
 
-def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True
-                 ) -> ocp.CheckpointManager:
+class Manager(ocp.CheckpointManager):
+  """orbax's manager plus the digest commit. After orbax has committed a step (its folder has
+  its final name), a background thread in every process writes that process's digest file
+  into it: a step is verified-complete once the files of all its processes are there."""
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    super().__init__(*args, **kwargs)
+    self._commits: list[threading.Thread] = []
+    self.verified: set[int] = set()  # steps committed or verified on restore by this run
+
+  def commit_later(self, step: int, tree: Any, loader: dict[str, Any]) -> None:
+    """Digests `tree` and `loader` now, in the background, and writes them once `step` is
+    committed; `tree` must not change meanwhile (it is the host copy handed to orbax)."""
+    thread = threading.Thread(target=self._commit, args=(step, tree, loader),
+                              name=f"digest_commit_{step}", daemon=True)
+    thread.start()
+    self._commits.append(thread)
+
+  def _commit(self, step: int, tree: Any, loader: dict[str, Any]) -> None:
+    try:
+      record = {"format": DIGEST_FORMAT, "algorithm": digest_lib.ALGORITHM, "step": step,
+                "process_index": jax.process_index(), "process_count": jax.process_count(),
+                "arrays": digest_lib.tree_digests(tree), "loader": digest_lib.json_digest(loader)}
+      super().wait_until_finished()
+      path = self.directory / str(step)
+      if step not in self.all_steps() or not path.is_dir():
+        return  # orbax failed to commit the step (and said why): it stays unverified
+      _write_json(path / _digest_name(jax.process_index()), record)
+      self.verified.add(step)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Could not write the digest of checkpoint step %d (%s); it will not count "
+                      "as verified.", step, _one_line(e))
+
+  def wait_until_finished(self) -> None:
+    """orbax's wait, then this process's digest commits."""
+    super().wait_until_finished()
+    commits, self._commits = self._commits, []
+    for thread in commits:
+      thread.join()
+
+
+def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True) -> Manager:
   """The run's checkpoint manager (create it in every process)."""
-  return ocp.CheckpointManager(checkpoint_dir(workdir),
-                               options=_manager_options(max(1, int(keep)), async_save),
-                               item_names=("state", "loader"))
+  return Manager(checkpoint_dir(workdir),
+                 options=_manager_options(max(1, int(keep)), async_save),
+                 item_names=("state", "loader"))
+
+
+def _digest_name(process_index: int) -> str:
+  return f"{DIGEST_PREFIX}{process_index}.json"
+
+
+def _write_json(path: epath.Path, record: dict[str, Any]) -> None:
+  """Written under a temporary name, then renamed: a digest file is whole or absent."""
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(record, sort_keys=True))
+  tmp.replace(path)
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  text = " ".join(str(error).split()) or "no message"
+  text = text if len(text) <= limit else text[:limit - 3] + "..."
+  return f"{type(error).__name__}: {text}"
 
 
 def _encode_loader_state(loader_state: Any) -> dict[str, Any]:
@@ -110,40 +174,147 @@ def loader_state_for_process(saved: dict[str, Any] | None, process_index: int,
   return None
 
 
-def save(manager: ocp.CheckpointManager, step: int, host_state: state_lib.TrainState,
-         loader_state: Any, *, force: bool = False, wait: bool = False) -> bool:
+def save(manager: Manager, step: int, host_state: state_lib.TrainState, loader_state: Any, *,
+         force: bool = False, wait: bool = False) -> bool:
   """Starts an async save of a host (unreplicated) state in every process (a collective: all
-  processes call it with the same step). Returns whether a save started; False when `step` is
-  already saved. `wait=True` returns only once the checkpoint is on disk (preemption saves)."""
+  processes call it with the same step), its digest written once orbax has committed it.
+  Returns whether a save started; False when `step` is already saved. `wait=True` returns only
+  once the checkpoint and its digest are on disk (preemption saves)."""
   if step in manager.all_steps():
     if wait:
       manager.wait_until_finished()
     return False
   tree = jax.tree.map(np.asarray, state_lib.to_checkpoint(host_state))
+  loader = gather_loader_states(loader_state)
   started = manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(tree),
-      loader=ocp.args.JsonSave(gather_loader_states(loader_state))), force=force)
+      state=ocp.args.StandardSave(tree), loader=ocp.args.JsonSave(loader)), force=force,
+      custom_metadata={DIGEST_KEY: DIGEST_FORMAT})
+  if started:
+    manager.commit_later(step, tree, loader)
   if wait:
     manager.wait_until_finished()
   return bool(started)
 
 
-def last_good_step(manager: ocp.CheckpointManager) -> int | None:
-  """The newest step whose checkpoint is completely written (waits for a save in flight)."""
+def _has_complete_digest(path: epath.Path) -> bool:
+  """Every process's digest file is there (process 0's names the process count)."""
+  try:
+    count = int(json.loads((path / _digest_name(0)).read_text())["process_count"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+  return all((path / _digest_name(i)).exists() for i in range(1, count))
+
+
+def last_good_step(manager: Manager) -> int | None:
+  """The newest verified step: committed with its digest (by this run or an earlier one), or
+  verified when this run resumed (waits for a save in flight)."""
   manager.wait_until_finished()
-  return manager.latest_step()
+  good = [s for s in manager.all_steps()
+          if s in manager.verified or _has_complete_digest(manager.directory / str(s))]
+  return max(good, default=None)
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: state_lib.TrainState
+def _expects_digest(manager: Manager, step: int) -> bool:
+  """Whether the step was written with digests (orbax's step metadata says so, or a digest
+  file is there); checkpoints from before verified checkpoints have neither."""
+  path = manager.directory / str(step)
+  if any(path.glob(DIGEST_PREFIX + "*")):
+    return True
+  try:
+    return bool((manager.metadata(step).custom_metadata or {}).get(DIGEST_KEY))
+  except Exception:  # pylint: disable=broad-except  (an unreadable step: restore says why)
+    return False
+
+
+def _read_digest(path: epath.Path) -> tuple[dict[str, Any] | None, str | None]:
+  """(this process's digest record, None) or (None, why the step is not complete)."""
+  if not _has_complete_digest(path):
+    return None, ("incomplete: digest files missing (its save did not finish committing)")
+  try:
+    count = int(json.loads((path / _digest_name(0)).read_text())["process_count"])
+    mine = jax.process_index() if jax.process_index() < count else 0
+    return json.loads((path / _digest_name(mine)).read_text()), None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return None, f"its digest file cannot be read ({_one_line(e)})"
+
+
+def _restore_items(manager: Manager, step: int, tree: Any | None) -> dict[str, Any]:
+  state = ocp.args.StandardRestore(tree) if tree is not None else ocp.args.StandardRestore()
+  return manager.restore(step, args=ocp.args.Composite(state=state,
+                                                       loader=ocp.args.JsonRestore()))
+
+
+def _restore_verified(manager: Manager, step: int, tree: Any
+                      ) -> tuple[dict[str, Any] | None, str | None]:
+  """(restored items, None) when `step` reads back and matches its digest, else (None, the
+  reason). Raises when the data reads fine but not into `tree` (the run's state has another
+  structure: a config mismatch, not damage)."""
+  record = None
+  if _expects_digest(manager, step):
+    record, reason = _read_digest(manager.directory / str(step))
+    if reason:
+      return None, reason
+  try:
+    restored = _restore_items(manager, step, tree)
+  except Exception as e:  # pylint: disable=broad-except
+    try:
+      _restore_items(manager, step, None)
+    except Exception:  # pylint: disable=broad-except
+      return None, f"cannot be read ({_one_line(e)})"
+    raise  # it reads without the run's structure: not damage, the error is the caller's
+  if record is None:
+    logging.warning("Checkpoint step %d in %s has no digest (written before auxskd-jax verified "
+                    "checkpoints); resuming from it unverified.", step, manager.directory)
+    return restored, None
+  reason = digest_lib.first_mismatch(record.get("arrays", {}),
+                                     digest_lib.tree_digests(restored["state"]))
+  if reason is None and digest_lib.json_digest(restored["loader"]) != record.get("loader"):
+    reason = "the loader state does not match its digest"
+  return (None, reason) if reason else (restored, None)
+
+
+def _set_aside(manager: Manager, step: int, reason: str) -> None:
+  """Process 0 moves the step to `corrupt/<step>` (kept for inspection, never deleted); every
+  process then re-reads the step list."""
+  src = manager.directory / str(step)
+  dst = manager.directory / CORRUPT_DIR / str(step)
+  n = 1
+  while dst.exists():  # the same step number set aside before
+    dst = manager.directory / CORRUPT_DIR / f"{step}.{n}"
+    n += 1
+  logging.warning("Checkpoint step %d is unusable: %s; moved to %s.", step, reason, dst)
+  if jax.process_index() == 0:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src.rename(dst)
+  distributed.allgather_bytes(b"")  # a barrier: the step is moved before anyone reloads
+  manager.reload()
+
+
+def restore_latest(manager: Manager, target: state_lib.TrainState
                    ) -> tuple[state_lib.TrainState, Any] | None:
-  """The newest checkpoint in `target`'s structure plus this process's loader state (None:
-  start the loader afresh); None if there is no checkpoint."""
-  step = manager.latest_step()
-  if step is None:
-    return None
+  """The newest checkpoint that verifies, in `target`'s structure, plus this process's loader
+  state (None: start the loader afresh); None if there is none. Every newer step that is
+  incomplete, unreadable or does not match its digest is named in one line and moved to
+  `checkpoints/corrupt/<step>`; all processes agree on each verdict (a collective)."""
   tree = jax.tree.map(np.asarray, state_lib.to_checkpoint(target))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(tree), loader=ocp.args.JsonRestore()))
-  loader_state = loader_state_for_process(restored["loader"], jax.process_index(),
-                                          jax.process_count())
-  return state_lib.from_checkpoint(target, restored["state"]), loader_state
+  set_aside: list[int] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    restored, reason = _restore_verified(manager, step, tree)
+    verdicts = [json.loads(b.decode()) for b in
+                distributed.allgather_bytes(json.dumps(reason).encode())]
+    bad = [(i, r) for i, r in enumerate(verdicts) if r]
+    if not bad:
+      manager.verified.add(step)
+      if set_aside:
+        logging.warning("Resuming from step %d, the newest checkpoint in %s that verifies.",
+                        step, manager.directory)
+      loader_state = loader_state_for_process(restored["loader"], jax.process_index(),
+                                              jax.process_count())
+      return state_lib.from_checkpoint(target, restored["state"]), loader_state
+    i, reason = bad[0]
+    _set_aside(manager, step, reason + (f" (process {i})" if len(verdicts) > 1 else ""))
+    set_aside.append(step)
+  if set_aside:
+    logging.warning("No checkpoint in %s verifies (set aside: steps %s); starting from step 0.",
+                    manager.directory, ", ".join(map(str, set_aside)))
+  return None
