@@ -4,21 +4,25 @@
 `setup_logging()`, `check_same_config(config, workdir=...)`. With an empty `distributed` section
 a run is single-process exactly as before, unless it finds itself in a multi-process cluster
 environment that `jax.distributed.initialize()` detects on its own (SLURM with several tasks,
-Open MPI, a Cloud TPU VM). jax is imported inside the functions: config files import this module
+Open MPI, a Cloud TPU VM, an indexed Kubernetes Job or JobSet). Once joined, a watchdog ends every
+process, with one line, within `distributed.heartbeat_timeout` seconds of any process dying or
+stalling (`watch_peers`). jax is imported inside the functions: config files import this module
 for `config_section()`. See docs/SCALING.md for launch commands.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging as py_logging
 import os
+import re
 import socket
 import sys
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -28,6 +32,8 @@ _FLAG = "--config.distributed"
 # Keys that legitimately differ between the processes of one job.
 # The exit status when the job did not form in time (main.py's status for config errors).
 JOIN_EXIT_CODE = 2
+# The exit status of every process of a job that lost a process (killed, stalled, unreachable).
+PEER_FAILED_EXIT_CODE = 3
 _JAX_GRACE_S = 30  # jax's own deadline, after ours
 _PER_PROCESS_KEYS = ("distributed.process_id", "distributed.local_device_ids")
 
@@ -44,6 +50,12 @@ def config_section() -> ml_collections.ConfigDict:
   c.process_id = -1  # this process's index in [0, num_processes); -1 = detect
   c.initialization_timeout = 300  # seconds to wait for every process to join
   c.local_device_ids = ""  # e.g. "0,1": the local accelerators this process uses; "" = all
+  # Seconds after which a process that stopped answering (killed, stalled, its host gone) fails
+  # the job: every process exits within about this bound, with one line naming it.
+  c.heartbeat_timeout = 60
+  # Deadline in seconds for the first cross-process collective (the Gloo / NCCL rendezvous,
+  # slow on a loaded host); it is retried until then.
+  c.first_collective_timeout = 120
   return c
 
 
@@ -71,8 +83,8 @@ def explicit_values(config: ml_collections.ConfigDict) -> tuple[str, int, int] |
   num, pid = int(d.num_processes), int(d.process_id)
   given = {"coordinator_address": bool(address), "num_processes": num > 0,
            "process_id": pid >= 0}
-  require(int(d.initialization_timeout) > 0, "distributed.initialization_timeout",
-          "must be a positive number of seconds.")
+  for key in ("initialization_timeout", "heartbeat_timeout", "first_collective_timeout"):
+    require(int(d.get(key, 1)) > 0, f"distributed.{key}", "must be a positive number of seconds.")
   if not any(given.values()):
     return None
   missing = [k for k, v in given.items() if not v]
@@ -94,9 +106,46 @@ def _int_env(name: str) -> int:
     return 0
 
 
+def k8s_index() -> int | None:
+  """This pod's index in an indexed Kubernetes Job or a JobSet, None outside one. Indexed Jobs
+  set JOB_COMPLETION_INDEX (jax's K8sCluster reads it too); JobSet pods are also named
+  <jobset>-<replicated job>-<job index>-<pod index>."""
+  env = os.environ
+  if "KUBERNETES_SERVICE_HOST" not in env:
+    return None
+  if env.get("JOB_COMPLETION_INDEX", "").isdigit():
+    return int(env["JOB_COMPLETION_INDEX"])
+  if env.get("JOBSET_NAME"):
+    match = re.search(r"-(\d+)-(\d+)$", env.get("HOSTNAME", "").split(".")[0])
+    if match:
+      return int(match.group(2))
+  return None
+
+
+def job_id() -> str:
+  """The scheduler's name for this job (for the workdir lease): "slurm:<id>", "k8s:<job>",
+  "ompi:<id>", or "" outside a scheduler."""
+  env = os.environ
+  if env.get("SLURM_JOB_ID"):
+    return f"slurm:{env['SLURM_JOB_ID']}"
+  if env.get("JOBSET_NAME"):
+    return f"k8s-jobset:{env['JOBSET_NAME']}"
+  if k8s_index() is not None:  # pod <job>-<index>-<suffix>
+    return "k8s:" + re.sub(r"-\d+(-[a-z0-9]+)?$", "", env.get("HOSTNAME", "").split(".")[0])
+  if env.get("OMPI_MCA_ess_base_jobid"):
+    return f"ompi:{env['OMPI_MCA_ess_base_jobid']}"
+  return ""
+
+
+def _k8s_api_available() -> bool:
+  """Whether jax's K8sCluster can ask the API server for the job (needs `kubernetes`)."""
+  import importlib.util
+  return importlib.util.find_spec("kubernetes") is not None
+
+
 def detect_cluster() -> str | None:
   """The multi-process cluster environment this process runs in, as `jax.distributed` would
-  detect it (jax/_src/clusters): "slurm", "ompi", "tpu"; None when single-process.
+  detect it (jax/_src/clusters): "slurm", "ompi", "tpu", "k8s"; None when single-process.
 
   SLURM and Open MPI count only with more than one task: a one-task job on a shared node must
   not start a coordinator on SLURM's fixed port.
@@ -108,6 +157,8 @@ def detect_cluster() -> str | None:
     return "slurm"
   if "OMPI_MCA_orte_hnp_uri" in env and _int_env("OMPI_COMM_WORLD_SIZE") > 1:
     return "ompi"
+  if k8s_index() is not None:
+    return "k8s"
   workers = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES") or ""
   if len([w for w in workers.split(",") if w.strip()]) > 1 or _int_env("MEGASCALE_NUM_SLICES") > 1:
     return "tpu"
@@ -160,6 +211,18 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   cluster = None if explicit else detect_cluster()
   if explicit is None and cluster is None:
     return
+  if cluster == "k8s" and not _k8s_api_available():
+    index = k8s_index()
+    if index:  # pod 0 may be a one-pod job; the lease refuses it if another shares the workdir
+      raise JoinError(
+          f"{_FLAG}.coordinator_address: this is pod {index} of an indexed Kubernetes Job, but "
+          "jax can only find the job's other pods with the `kubernetes` package (pip install "
+          "'jax[k8s]', and let the service account read pods); or set "
+          f"{_FLAG}.coordinator_address, num_processes and process_id. Not training alone.")
+    py_logging.getLogger(__name__).warning(
+        "Pod 0 of an indexed Kubernetes Job without the `kubernetes` package: running as a "
+        "single process (other pods cannot join; install jax[k8s] for a multi-pod job).")
+    return
   if not getattr(jax.config, "jax_cpu_collectives_implementation", "gloo"):
     # Cross-process collectives on CPU (tests, the localhost recipe); gloo is jax's default
     # from 0.5 on, older versions had none.
@@ -189,6 +252,10 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   # jax aborts the process (no exception) when the job does not form in time, e.g. a process
   # is missing; a watchdog with a shorter deadline exits first, with the message above.
   kwargs["initialization_timeout"] = timeout + _JAX_GRACE_S
+  # jax's own heartbeat and shutdown deadlines come after the watchdog's, which names the cause.
+  heartbeat = int(d.get("heartbeat_timeout", 60))
+  kwargs["heartbeat_timeout_seconds"] = heartbeat + _JAX_GRACE_S
+  kwargs["shutdown_timeout_seconds"] = heartbeat + _JAX_GRACE_S
   watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _give_up,
                              args=(fail(" (not every process joined)"),))
   watchdog.daemon = True
@@ -199,9 +266,165 @@ def initialize(config: ml_collections.ConfigDict) -> None:
     raise JoinError(fail(f": {_one_line(e)}")) from None
   finally:
     watchdog.cancel()
+  _install_excepthook()
+  watch_peers(heartbeat)
+  first_collective(int(d.get("first_collective_timeout", 120)))
   py_logging.getLogger(__name__).info(
       "Joined the job: process %d of %d, %d local / %d global devices.", jax.process_index(),
       jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+_ABORT_HOOKS: list[Callable[[], None]] = []
+_RESTART = "every process of the job stops. Restart the job to resume from its last checkpoint."
+# What a collective or the coordination service says when another process of the job is gone.
+_PEER_FAILURE = re.compile(r"Gloo|NCCL|[Cc]onnection (reset|refused|closed)|coordination "
+                           r"service|[Ss]ocket closed|heartbeat")
+
+
+def _install_excepthook() -> None:
+  """An uncaught collective failure (another process died mid-step) ends this process with one
+  line and at once, rather than a traceback and a wait at jax's shutdown barrier."""
+  previous = sys.excepthook
+
+  def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    if isinstance(value, Exception) and _PEER_FAILURE.search(str(value)):
+      abort(f"a cross-process collective failed ({_one_line(value)[:200]}); another process of "
+            f"the job probably died (see its log); {_RESTART}")
+    previous(kind, value, tb)
+
+  sys.excepthook = hook
+
+
+def at_abort(hook: Callable[[], None]) -> Callable[[], None]:
+  """Registers `hook` (e.g. releasing the workdir lease) to run before `abort` exits."""
+  _ABORT_HOOKS.append(hook)
+  return hook
+
+
+def abort(message: str, code: int = PEER_FAILED_EXIT_CODE) -> None:
+  """Ends this process at once (from any thread, even while the main thread is stuck in a
+  collective) with one line on stderr; the at_abort hooks run first."""
+  for hook in list(_ABORT_HOOKS):
+    try:
+      hook()
+    except Exception:  # exiting anyway; the line below names the cause
+      pass
+  sys.stderr.write(f"Error: {message}\n")
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def first_collective(timeout: int) -> None:
+  """The job's first cross-process collective (a tiny all-gather), retried until `timeout`
+  seconds passed: the Gloo / NCCL rendezvous can miss its own deadline on a loaded host."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  if jax.process_count() == 1:
+    return
+  n = jax.process_count()
+  message = (f"the first collective across the {n} processes did not complete within "
+             f"{timeout} s; start every process, check that they reach each other, or raise "
+             f"{_FLAG}.first_collective_timeout")
+  deadline = time.monotonic() + timeout
+  timer = threading.Timer(timeout, abort, args=(message + ".",))
+  timer.daemon = True
+  timer.start()
+  try:
+    while True:
+      try:
+        multihost_utils.process_allgather(np.zeros((1,), np.int32))
+        return
+      except Exception as e:  # e.g. "Gloo context initialization failed: DEADLINE_EXCEEDED"
+        if time.monotonic() >= deadline:
+          raise JoinError(f"{message} ({_one_line(e)}).") from None
+        py_logging.getLogger(__name__).warning("The first collective failed (%s); retrying.",
+                                               _one_line(e))
+        time.sleep(1.0)
+  finally:
+    timer.cancel()
+
+
+class _PeerWatch:
+  """Every process beats a counter in the coordination service's key-value store and reads the
+  others'; a counter that stops moving for `timeout` s (a killed or stalled process), or a
+  coordinator that stops answering, ends this process with `abort`. Two threads: one talks to
+  the service (its calls can block), one only reads the clock."""
+
+  _PREFIX = "auxskd/alive/"
+
+  def __init__(self, client: Any, process_id: int, num_processes: int, timeout: float):
+    self._client = client
+    self._id = process_id
+    self._num = num_processes
+    self._timeout = float(timeout)
+    self._every = max(0.2, self._timeout / 6)
+    self._stop = threading.Event()
+    now = time.monotonic()
+    self._last_ok = now
+    self._seen: dict[int, tuple[str, float]] = {p: ("", now) for p in range(num_processes)
+                                                if p != process_id}
+
+  def start(self) -> None:
+    for target, name in ((self._beat, "peer-heartbeat"), (self._judge, "peer-judge")):
+      threading.Thread(target=target, name=name, daemon=True).start()
+    atexit.register(self.stop)  # before jax's own shutdown (atexit runs last-registered first)
+
+  def stop(self) -> None:
+    """A normal exit: stop watching, and tell the others this process is done."""
+    if self._stop.is_set():
+      return
+    self._stop.set()
+    try:
+      self._client.key_value_set(f"{self._PREFIX}{self._id}", "done", allow_overwrite=True)
+    except Exception:  # the service may be gone already
+      pass
+
+  def _beat(self) -> None:
+    count = 0
+    while not self._stop.is_set():
+      count += 1
+      try:
+        self._client.key_value_set(f"{self._PREFIX}{self._id}", str(count),
+                                   allow_overwrite=True)
+        values = dict(self._client.key_value_dir_get(self._PREFIX))
+      except Exception as e:  # the coordinator's process died or its host went away
+        if self._stop.is_set():
+          return
+        abort(f"lost the job's coordinator (process 0): {_one_line(e)[:160]}; "
+              f"{_RESTART}")
+      now = time.monotonic()
+      self._last_ok = now
+      for p, (value, since) in list(self._seen.items()):
+        new = values.get(f"{self._PREFIX}{p}", "")
+        if new == "done":
+          del self._seen[p]
+        elif new != value:
+          self._seen[p] = (new, now)
+        elif now - since > self._timeout:
+          abort(f"process {p} of {self._num} stopped answering for {self._timeout:.0f} s "
+                f"(killed, stalled or its host is gone; {_FLAG}.heartbeat_timeout); "
+                f"{_RESTART}")
+      self._stop.wait(self._every)
+
+  def _judge(self) -> None:
+    while not self._stop.wait(min(1.0, self._every)):
+      if time.monotonic() - self._last_ok > self._timeout:
+        abort(f"the job's coordinator (process 0) stopped answering for {self._timeout:.0f} s "
+              f"(stalled or its host is gone; {_FLAG}.heartbeat_timeout); "
+              f"{_RESTART}")
+
+
+def watch_peers(timeout: float) -> None:
+  """Starts the peer watchdog of a multi-process job (see _PeerWatch); a no-op otherwise."""
+  import jax
+  from jax._src import distributed as jax_distributed
+
+  client = getattr(jax_distributed.global_state, "client", None)
+  if client is None or jax.process_count() == 1:
+    return
+  _PeerWatch(client, jax.process_index(), jax.process_count(), timeout).start()
 
 
 def is_chief() -> bool:
