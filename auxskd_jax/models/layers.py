@@ -4,10 +4,17 @@ Kernels are always 5-D `(kt, kh, kw, in, out)` so that checkpoint conversion is 
 but a conv whose kernel is 1 along time (the (2+1)D spatial convs) runs as a 2-D conv over
 `B*T` images, and one that is 1x1 in space (the temporal convs) as a 2-D conv over `(T, H*W)`.
 2-D convolutions are the best-tuned path in XLA/cuDNN and give the same numbers.
+
+On CPU, XLA's conv emitter is slow at some of these shapes, above all the kernel gradients
+(a reduction over the batch). `conv3d` therefore has interchangeable lowerings (im2col +
+matmul, a sum of per-tap matmuls, one 3-D conv) and an "auto" choice per shape and pass,
+selected process-wide by `set_conv_lowering` (config `model.conv_lowering`).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -33,8 +40,8 @@ def triple(value: int | Sequence[int]) -> Triple:
   return out  # type: ignore[return-value]
 
 
-def conv3d(x: jax.Array, kernel: jax.Array, strides: Triple, padding: Triple) -> jax.Array:
-  """NDHWC conv with symmetric zero padding (PyTorch Conv3d semantics), 2-D where possible."""
+def _conv_xla(x: jax.Array, kernel: jax.Array, strides: Triple, padding: Triple) -> jax.Array:
+  """XLA's convolution, as a 2-D conv where the kernel allows (see the module docstring)."""
   kt, kh, kw = kernel.shape[:3]
   st, sh, sw = strides
   pt, ph, pw = padding
@@ -49,9 +56,123 @@ def conv3d(x: jax.Array, kernel: jax.Array, strides: Triple, padding: Triple) ->
         x.reshape(b, t, h * w, c), kernel[:, 0], (st, 1), ((pt, pt), (0, 0)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y.reshape(b, y.shape[1], h, w, y.shape[-1])
+  return _conv_native(x, kernel, strides, padding)
+
+
+def _conv_native(x: jax.Array, kernel: jax.Array, strides: Triple,
+                 padding: Triple) -> jax.Array:
+  """One 3-D `conv_general_dilated`, whatever the kernel."""
   return jax.lax.conv_general_dilated(
       x, kernel, strides, tuple((p, p) for p in padding),
       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+
+def _taps(x: jax.Array, window: Triple, strides: Triple, padding: Triple) -> list[jax.Array]:
+  """The input under each kernel tap, `[B, To, Ho, Wo, C]` each, in the kernel's tap order."""
+  b, t, h, w, c = x.shape
+  out = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip((t, h, w), window, strides, padding)]
+  xp = jnp.pad(x, ((0, 0), *((p, p) for p in padding), (0, 0)))
+  taps = []
+  for offset in itertools.product(*(range(k) for k in window)):
+    limit = [o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out)]
+    taps.append(jax.lax.slice(xp, (0, *offset, 0), (b, *limit, c), (1, *strides, 1)))
+  return taps
+
+
+def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`x [..., K] @ kernel [K, N]` as one 2-D dot, accumulated in float32."""
+  y = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), kernel, (((1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+  return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _conv_im2col(x: jax.Array, kernel: jax.Array, strides: Triple,
+                 padding: Triple) -> jax.Array:
+  """All taps concatenated along channels, then one matmul: the kernel gradient becomes one
+  large matmul too, which XLA's CPU conv emitter handles poorly for few input channels."""
+  cols = jnp.concatenate(_taps(x, kernel.shape[:3], strides, padding), axis=-1)
+  return _matmul(cols, kernel.reshape(-1, kernel.shape[-1])).astype(x.dtype)
+
+
+def _conv_shifted(x: jax.Array, kernel: jax.Array, strides: Triple,
+                  padding: Triple) -> jax.Array:
+  """A sum of one matmul per tap over the shifted input: no im2col buffer, good for the
+  3-tap temporal convs with many channels."""
+  flat = kernel.reshape(-1, *kernel.shape[3:])
+  y = None
+  for tap, k in zip(_taps(x, kernel.shape[:3], strides, padding), flat):
+    z = _matmul(tap, k)
+    y = z if y is None else y + z
+  return y.astype(x.dtype)
+
+
+_IMPLS = {"xla": _conv_xla, "native": _conv_native, "im2col": _conv_im2col,
+          "shifted": _conv_shifted}
+# "auto": a per-shape choice on CPU (below), XLA's conv elsewhere (cuDNN on GPU).
+CONV_LOWERINGS = ("auto", *_IMPLS)
+_lowering = {"name": "auto"}
+
+
+def set_conv_lowering(name: str) -> None:
+  """Sets how `conv3d` is lowered from the next trace on (process-wide, like an XLA flag):
+  `model.conv_lowering`. All of them compute the same convolution; results differ only by
+  float32 rounding (the summation order)."""
+  if name not in CONV_LOWERINGS:
+    raise ValueError(f"conv lowering {name!r}: choose one of {list(CONV_LOWERINGS)}.")
+  _lowering["name"] = name
+
+
+def conv_lowering() -> str:
+  return _lowering["name"]
+
+
+def _cpu_kernel_grad_impl(kernel_shape: tuple[int, ...], strides: Triple) -> str:
+  """The fastest kernel-gradient form for this conv on a CPU, measured on 2-core AVX2 for the
+  R(2+1)D shapes (BENCHMARKS.md): XLA's emitter is slow at reducing over the batch."""
+  kt, kh, kw = kernel_shape[:3]
+  if kh == kw == 1:
+    return "im2col" if kt == 1 else "shifted"  # a plain matmul; a 3-tap temporal conv
+  if kt == 1 and max(strides[1:]) > 1 and kernel_shape[3] > 3:
+    return "im2col"  # strided spatial convs (the stem's 3 channels stay with XLA)
+  if kt == 1 and kernel_shape[3] > 3:
+    return "native"
+  return "xla"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_auto_cpu(x: jax.Array, kernel: jax.Array, strides: Triple,
+                   padding: Triple) -> jax.Array:
+  return _conv_xla(x, kernel, strides, padding)
+
+
+def _auto_fwd(x, kernel, strides, padding):
+  return _conv_xla(x, kernel, strides, padding), (x, kernel)
+
+
+def _auto_bwd(strides, padding, residuals, g):
+  """Input gradient by XLA's transposed conv; kernel gradient by the form picked above.
+  Both are exact transposes of the same linear map, so only the rounding differs."""
+  x, kernel = residuals
+  dx, = jax.linear_transpose(lambda v: _conv_xla(v, kernel, strides, padding), x)(g)
+  impl = _IMPLS[_cpu_kernel_grad_impl(kernel.shape, strides)]
+  dk, = jax.linear_transpose(lambda k: impl(x, k, strides, padding), kernel)(g)
+  return dx, dk
+
+
+_conv_auto_cpu.defvjp(_auto_fwd, _auto_bwd)
+
+
+def conv3d(x: jax.Array, kernel: jax.Array, strides: Triple, padding: Triple,
+           lowering: str | None = None) -> jax.Array:
+  """NDHWC conv with symmetric zero padding (PyTorch Conv3d semantics), lowered as
+  `lowering` (default: `set_conv_lowering`'s choice)."""
+  name = lowering or _lowering["name"]
+  strides, padding = tuple(strides), tuple(padding)
+  if name == "auto":
+    if jax.default_backend() == "cpu":
+      return _conv_auto_cpu(x, kernel, strides, padding)
+    name = "xla"
+  return _IMPLS[name](x, kernel, strides, padding)
 
 
 class Conv3d(nn.Module):

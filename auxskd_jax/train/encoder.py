@@ -12,7 +12,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from auxskd_jax import models, weights
+from auxskd_jax import errors, models, weights
+from auxskd_jax.models import layers
 from auxskd_jax.train import devices
 from auxskd_jax.train.state import TrainState
 
@@ -22,7 +23,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def build_encoder(config: ml_collections.ConfigDict, *, num_classes: int | None = None,
                   heads: dict[str, int] | None = None,
                   bn_axis_name: str | None = None) -> nn.Module:
-  """`models.build` with the config's backbone name, width and compute dtype."""
+  """`models.build` with the config's backbone name, width and compute dtype; applies
+  `model.conv_lowering` (default "auto", see `models.layers.conv3d`) for the traces to come."""
+  lowering = str(config.model.get("conv_lowering", "auto"))
+  errors.require(lowering in layers.CONV_LOWERINGS, "model.conv_lowering",
+                 f"{lowering!r} is not a lowering; choose one of {list(layers.CONV_LOWERINGS)}.")
+  layers.set_conv_lowering(lowering)
   return models.build(config.model.name, num_classes=num_classes, heads=heads,
                       dtype=DTYPES[config.model.dtype], bn_axis_name=bn_axis_name,
                       width=config.model.width, init=init_scheme(config))
