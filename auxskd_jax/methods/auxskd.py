@@ -40,8 +40,8 @@ class Predictor(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = models.init.Linear(self.hidden, init_scheme=self.init_scheme,
                            name="linear1")(x.astype(jnp.float32))
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     axis_name=self.bn_axis_name if train else None, name="bn")(x)
+    x = models.norm.BatchNorm(use_running_average=not train,
+                              axis_name=self.bn_axis_name if train else None, name="bn")(x)
     x = nn.relu(x)
     return models.init.Linear(self.features, init_scheme=self.init_scheme, name="linear2")(x)
 

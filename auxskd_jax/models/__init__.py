@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.models import init  # noqa: F401  (models.init: the initialiser factories)
+from auxskd_jax.models import norm  # noqa: F401  (models.norm: PyTorch-statistics BatchNorm)
 from auxskd_jax.models import init as init_lib
 from auxskd_jax.models import s3dg as s3dg_lib
 from auxskd_jax.models.c3d import C3D

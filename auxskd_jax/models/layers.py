@@ -23,12 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from auxskd_jax.models import init as init_lib
+from auxskd_jax.models import norm
 
 Triple = tuple[int, int, int]
 Dtype = Any
-
-BN_EPSILON = 1e-5
-BN_MOMENTUM = 0.9  # flax convention; PyTorch momentum 0.1
 
 
 def triple(value: int | Sequence[int]) -> Triple:
@@ -200,11 +198,8 @@ class Conv3d(nn.Module):
     return y
 
 
-def batch_norm(train: bool, dtype: Dtype, axis_name: str | None, name: str) -> nn.BatchNorm:
-  """BatchNorm3d as in the reference (eps 1e-5, momentum 0.1); statistics kept in float32."""
-  return nn.BatchNorm(
-      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
-      param_dtype=jnp.float32, axis_name=axis_name if train else None,
-      # Two-pass variance: the reference feeds raw 0..255 pixels, where E[x^2] - E[x]^2
-      # cancels badly in float32.
-      use_fast_variance=False, name=name)
+def batch_norm(train: bool, dtype: Dtype, axis_name: str | None, name: str) -> norm.BatchNorm:
+  """BatchNorm3d as in the reference (eps 1e-5, momentum 0.1, PyTorch's running statistics);
+  statistics kept in float32."""
+  return norm.BatchNorm(use_running_average=not train, dtype=dtype,
+                        axis_name=axis_name if train else None, name=name)
