@@ -84,6 +84,7 @@ class MetricLogger:
       f.write(json.dumps({"step": int(step), "split": prefix, **row}) + "\n")
     if self._bar is not None:
       self._bar.update(step - self._bar.n)
+      self._bar.refresh()  # one redraw per log interval, whatever tqdm's own rate limit
     if prefix == "train":
       rate = f"{row['clips_per_sec']:.1f} clips/s" if "clips_per_sec" in row else "- clips/s"
       absl_logging.info("step %d/%d loss %.4f | %s | ETA %s", step, self.total_steps,
