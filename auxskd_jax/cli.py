@@ -22,19 +22,25 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_CONFIG = os.path.join(_ROOT, "configs", "demo.py")
+from auxskd_jax import cli_help
+
 USER_ERROR_EXIT = 2
+_HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "-?")
 
 # No default here: a default config is parsed (with the --config.* overrides) while this module
 # is imported, where a bad override could only crash. `_parse_flags` adds --config=demo instead.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (a configs/*.py with get_config()); default: "
-    "configs/demo.py, the embedded demo.", lock_config=True)
+    "config", None, "A shipped config's name (e.g. auxskd_r21d_k100; --help lists them) or a "
+    "config file with get_config(); default: demo, the embedded demo.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, logs and reports go; a run restarted with the same "
     "workdir resumes (with the same config, see --config.resume_overrides). "
     "Default: runs/<config file name>.")
+_SHOW_CONFIG = flags.DEFINE_bool(
+    "show_config", False, "Print the resolved config (every key, its value, the config "
+    "file's value where a flag changed it, and its help) and exit without running.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "More detail on the console (e.g. every layer a checkpoint load copied).")
 
 
 def _fail(message: str, prefix: str = "Config error") -> NoReturn:
@@ -61,10 +67,17 @@ def _unknown_key(argv: list[str], error: Exception) -> str:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors instead of tracebacks and usage dumps."""
+  if any(a in _HELP_FLAGS for a in argv[1:]):
+    sys.stdout.write(cli_help.render_help(_prog(argv[0]), _task_modules(), _flag_help()))
+    sys.exit(0)
   expanded = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
   if not any(re.match(r"^--?config(=|$)", a) for a in expanded):
-    argv = [argv[0], f"--config={_DEFAULT_CONFIG}"] + list(argv[1:])
-    sys.argv[:] = argv  # the config flag reads its overrides from sys.argv
+    argv = [argv[0], f"--config={cli_help.DEFAULT_CONFIG}"] + list(argv[1:])
+  try:  # a shipped config's name -> its file
+    argv = [_resolve_config_arg(a) for a in argv]
+  except cli_help.ConfigError as e:
+    _fail(str(e))
+  sys.argv[:] = argv  # the config flag reads its overrides from sys.argv
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:  # an unknown --flag, a value of the wrong type, flags out of order
@@ -80,6 +93,33 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(f"--config={path}: cannot load this config file (does it exist?); use one of "
           "configs/*.py.")
   return rest
+
+
+def _resolve_config_arg(arg: str) -> str:
+  match = re.match(r"^(--?config=)(.*)$", arg)
+  return match.group(1) + cli_help.resolve_config(match.group(2)) if match else arg
+
+
+def _prog(argv0: str) -> str:
+  name = os.path.basename(argv0)
+  return "python main.py" if name == "main.py" else name
+
+
+def _task_modules() -> dict[str, str]:
+  """{task: the module whose docstring says what it does}."""
+  from auxskd_jax import tasks
+
+  return {n: tasks.MODULES.get(n, f"auxskd_jax.methods.{n}") for n in tasks.names()}
+
+
+def _flag_help() -> list[tuple[str, str]]:
+  """(flag, help) of the flags a user needs; --helpfull lists absl's and JAX's too."""
+  return [("--config=NAME|PATH", flags.FLAGS["config"].help),
+          ("--config.KEY=VALUE", "Override one key of the config (--show_config lists them)."),
+          ("--workdir=DIR", flags.FLAGS["workdir"].help),
+          ("--show_config", flags.FLAGS["show_config"].help),
+          ("--verbose", flags.FLAGS["verbose"].help),
+          ("--helpfull", "Every flag, absl's and JAX's included.")]
 
 
 def _default_workdir() -> str:
@@ -99,6 +139,12 @@ def _run(argv: list[str]) -> None:
 
   quiet_libraries()
   config = _CONFIG.value
+  if _SHOW_CONFIG.value:
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    sys.stdout.write(cli_help.show_config(config, cli_help.load_config_file(path), path))
+    return
+  if _VERBOSE.value:
+    logging.set_verbosity(1)  # logging.vlog(1, ...) lines: per-layer checkpoint reports
   workdir = _WORKDIR.value or _default_workdir()
   try:
     task = tasks.of(config)

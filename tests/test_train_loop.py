@@ -70,7 +70,7 @@ def test_kill_resume_bitwise_then_vspp_from_auxskd(tiny_prepared, tmp_path):
   vspp_dir = str(tmp_path / "vspp")
   vcfg = os.path.join(_ROOT, "configs", "vspp_r21d_k100.py")
   out = subprocess.run(_cmd(vcfg, tiny_prepared, vspp_dir, f"--config.train.init_from={full}",
-                            "--config.train.num_steps=2"),
+                            "--config.train.num_steps=2", "--verbose"),
                        cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "loaded layers: " in out.stderr and "conv1/spatial_conv" in out.stderr

@@ -57,7 +57,8 @@ def test_init_from_auxskd_checkpoint_loads_backbone(tmp_path):
   np.testing.assert_array_equal(state.params["encoder"]["conv1"]["spatial_conv"]["kernel"],
                                 aux.params["encoder"]["conv1"]["spatial_conv"]["kernel"])
   assert state.params["encoder"]["linear"]["kernel"].shape == (64, 4)
-  assert "conv1/spatial_conv" in report.summary()  # loaded layers are listed
+  assert "conv1/spatial_conv" in report.summary(verbose=True)  # loaded layers are listed
+  assert len(report.summary().splitlines()) == 1  # without --verbose: one line
 
 
 def test_init_from_other_backbone_names_layers(tmp_path):

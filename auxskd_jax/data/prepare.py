@@ -369,7 +369,7 @@ def run(config: ml_collections.ConfigDict, workdir: str = "") -> dict[str, Any]:
   sizes: dict[tuple[int, int], str] = {}
   with contextlib.closing(_decode_all(jobs, workers)) as decoded, \
       tqdm(total=len(jobs), desc="decoding videos", unit="video", file=sys.stderr,
-           mininterval=1.0) as bar:
+           mininterval=1.0, disable=not sys.stderr.isatty()) as bar:  # no escape codes in logs
     for result in decoded:
       item, cache_file, _, meta = result
       bar.update()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
@@ -147,13 +148,18 @@ def plot_topk(path: str, curves: Mapping[str, Mapping[int, float]],
   ax.set_xscale("log")
   ax.set_xlabel("k")
   ax.set_ylabel("top-k accuracy (%)")
-  ax.set_title(title)
+  ax.set_title(fit_title(title, 48), fontsize=10)
   ax.grid(True, alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def fit_title(title: str, width: int) -> str:
+  """`title` wrapped onto lines of at most `width` characters, so it fits the figure."""
+  return "\n".join(textwrap.wrap(title, width)) or title
 
 
 def read_metrics(metrics_jsonl: str) -> list[dict[str, Any]]:
@@ -197,23 +203,49 @@ def training_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[i
   return series
 
 
+# Series metrics.jsonl keeps that are not worth a panel: the step's epoch, the finiteness flag,
+# and steps/s (clips/s is plotted).
+BOOKKEEPING = ("epoch", "state_finite", "steps_per_sec")
+_LABELS = {"loss": "loss", "learning_rate": "learning rate", "clips_per_sec": "clips/s"}
+
+
+def _curve_order(key: str) -> tuple[int, str]:
+  """Training loss first, then the learning rate, evaluations, throughput last."""
+  if key == "loss":
+    return 0, key
+  if key == "learning_rate":
+    return 2, key
+  if key == "clips_per_sec":
+    return 4, key
+  return (3 if "/" in key else 1), key
+
+
+def curve_keys(series: Mapping[str, Any]) -> list[str]:
+  """The series `plot_training_curves` shows by default, in panel order."""
+  return sorted((k for k in series if k.rsplit("/", 1)[-1] not in BOOKKEEPING),
+                key=_curve_order)
+
+
 def plot_training_curves(metrics_jsonl: str, path: str,
                          keys: Sequence[str] | None = None) -> str | None:
-  """PNG of every numeric metric against step from the loop's metrics.jsonl, one panel each
-  (names as `training_series` gives them, e.g. `loss`, `val/clip_top1`, `knn/top1`).
+  """PNG of the metrics against step from the loop's metrics.jsonl, one panel each: by default
+  the training losses, learning rate, evaluators' metrics (`val/...`, `knn/...`) and
+  throughput, without `BOOKKEEPING` series (names as `training_series` gives them).
 
   Returns None (and writes nothing) when the file has no numeric metrics to plot.
   """
   series = training_series(read_metrics(metrics_jsonl))
-  keys = [k for k in (list(series) if keys is None else keys) if series.get(k)]
+  keys = [k for k in (curve_keys(series) if keys is None else keys) if series.get(k)]
   if not keys:
     return None
   plt = _pyplot()
-  fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), squeeze=False)
+  fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.9 * len(keys) + 0.4), squeeze=False,
+                           sharex=True)
   for ax, key in zip(axes[:, 0], keys):
     points = series[key]
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else "")
-    ax.set_ylabel(key)
+    ax.set_title(_LABELS.get(key, key), fontsize=9, loc="left")
+    ax.tick_params(labelsize=8)
     ax.grid(True, alpha=0.3)
   axes[-1, 0].set_xlabel("step")
   fig.tight_layout()

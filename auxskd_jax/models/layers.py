@@ -108,7 +108,7 @@ _IMPLS = {"xla": _conv_xla, "native": _conv_native, "im2col": _conv_im2col,
           "shifted": _conv_shifted}
 # "auto": a per-shape choice on CPU (below), XLA's conv elsewhere (cuDNN on GPU).
 CONV_LOWERINGS = ("auto", *_IMPLS)
-_lowering = {"name": "auto"}
+_lowering = {"name": "xla"}
 
 
 def set_conv_lowering(name: str) -> None:

@@ -59,8 +59,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     report.write_results(workdir, record)
     report.plot_topk(os.path.join(workdir, "retrieval_topk.png"),
                      {record["method_chain"]: acc},
-                     title=f"Retrieval on {config.data.name} ({config.data.test_split} -> "
-                           f"{config.data.train_split})")
+                     title=f"Retrieval on {config.data.name}, split {record['split']} "
+                           f"({retrieval.feature_layer} features)")
   logging.info("retrieval (%s, %d-d): %s", retrieval.feature_layer, retrieval.feature_dim,
                " ".join(f"top{k}={100 * v:.2f}%" for k, v in acc.items()))
   return record

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import logging as absl_logging
 
@@ -25,7 +26,11 @@ class MetricLogger:
   """Writes scalars for one process (only process 0 of a multi-host run should write)."""
 
   def __init__(self, workdir: str, *, total_steps: int, clips_per_step: int,
-               start_step: int = 0, enabled: bool = True):
+               start_step: int = 0, enabled: bool = True, trackers: Sequence[Any] = (),
+               progress: bool | None = None):
+    """`trackers`: more writers of the same scalars (`write(step, scalars)`, `close()`), e.g.
+    `wandb_writer`. `progress`: a progress bar with ETA (default: when stderr is a terminal;
+    never when it is not, so logs hold no escape codes)."""
     self.workdir = workdir
     self.total_steps = total_steps
     self.clips_per_step = clips_per_step
@@ -43,29 +48,48 @@ class MetricLogger:
       self._writer = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"),
                                    purge_step=start_step + 1 if start_step > 0 else None,
                                    filename_suffix=f".{os.getpid()}.{start_step}")
+    self._trackers = list(trackers) if enabled else []
+    self._bar = None
+    if enabled and (sys.stderr.isatty() if progress is None else progress):
+      from tqdm import tqdm
+
+      self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr,
+                       dynamic_ncols=True, leave=False)
     self._last_time = time.time()
     self._last_step = start_step
 
   def write(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
-    """Logs `metrics` at `step`; adds clips/s and ETA measured since the previous call."""
+    """Logs `metrics` at `step`; adds clips/s and ETA measured since the previous call.
+
+    A write at the step the timer was reset at (the first step after compilation, an
+    evaluation) has no timed steps behind it: it carries no throughput rather than a bogus one.
+    """
     now = time.time()
-    steps = max(1, step - self._last_step)
+    timed = step - self._last_step
     seconds = max(1e-9, now - self._last_time)
     row: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
-    if prefix == "train":
-      row["clips_per_sec"] = steps * self.clips_per_step / seconds
-      row["steps_per_sec"] = steps / seconds
-      eta = (self.total_steps - step) * seconds / steps
+    eta = None
+    if prefix == "train" and timed > 0:
+      row["clips_per_sec"] = timed * self.clips_per_step / seconds
+      row["steps_per_sec"] = timed / seconds
+      eta = (self.total_steps - step) * seconds / timed
     self._last_time, self._last_step = now, step
     if not self.enabled:
       return
     for k, v in row.items():
       self._writer.add_scalar(f"{prefix}/{k}", v, step)
+    for tracker in self._trackers:
+      tracker.write(step, {f"{prefix}/{k}": v for k, v in row.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), "split": prefix, **row}) + "\n")
+    if self._bar is not None:
+      self._bar.update(step - self._bar.n)
+      self._bar.refresh()  # one redraw per log interval, whatever tqdm's own rate limit
     if prefix == "train":
-      absl_logging.info("step %d/%d loss %.4f | %.1f clips/s | ETA %s", step, self.total_steps,
-                        row.get("loss", float("nan")), row["clips_per_sec"], _hms(eta))
+      rate = f"{row['clips_per_sec']:.1f} clips/s" if "clips_per_sec" in row else "- clips/s"
+      absl_logging.info("step %d/%d loss %.4f | %s | ETA %s", step, self.total_steps,
+                        row.get("loss", float("nan")), rate,
+                        "-" if eta is None else _hms(eta))
     else:
       absl_logging.info("%s step %d: %s", prefix, step,
                         ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
@@ -75,6 +99,10 @@ class MetricLogger:
     self._last_time, self._last_step = time.time(), step
 
   def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+    for tracker in self._trackers:
+      tracker.close()
     if self._writer is not None:
       self._writer.flush()
       self._writer.close()

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 import flax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging as absl_logging
 
 from absl import logging
 
@@ -58,12 +59,20 @@ class LoadReport:
   epoch: int | None = None
   kept_fresh: list[str] = dataclasses.field(default_factory=list)  # heads not taken on purpose
 
-  def summary(self) -> str:
+  def summary(self, verbose: bool | None = None) -> str:
+    """One line: how many arrays loaded and skipped, from where. `verbose` (default: on with
+    `--verbose`, i.e. absl verbosity >= 1) adds the per-layer lists."""
+    verbose = absl_logging.vlog_is_on(1) if verbose is None else verbose
     what = f" ({self.format}" + (f", epoch {self.epoch}" if self.epoch is not None else "") + ")"
+    skipped = len(self.shape_mismatch) + len(self.missing) + len(self.kept_fresh)
     lines = [f"init_from {self.source}{what if self.format else ''}: loaded "
-             f"{len(self.loaded)} arrays, {len(self.shape_mismatch)} shape mismatches, "
-             f"{len(self.missing)} missing, {len(self.unused)} unused, "
-             f"{len(self.kept_fresh)} head arrays kept fresh."]
+             f"{len(self.loaded)} arrays, skipped {skipped} ({len(self.shape_mismatch)} shape "
+             f"mismatches, {len(self.missing)} missing, {len(self.kept_fresh)} head arrays kept "
+             f"fresh), {len(self.unused)} unused from the checkpoint"
+             + ("" if verbose or skipped + len(self.unused) == 0 else "; --verbose lists them")
+             + "."]
+    if not verbose:
+      return lines[0]
     layers = sorted({name.split("/", 1)[1].rsplit("/", 1)[0] for name in self.loaded})
     lines.append("  loaded layers: " + ", ".join(layers))
     for title, names in (("not loaded (shape)", self.shape_mismatch),

@@ -7,6 +7,10 @@ is a generic writer fed from the per-video decode cache.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
 import pickle
 from typing import Any, Iterator, Sequence
 
@@ -81,7 +85,35 @@ def write_dataset(data_dir: str, name: str, config_name: str, description: str,
   _Builder.name = name
   builder = _Builder(data_dir=data_dir, config=tfds.core.BuilderConfig(name=config_name),
                      file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=data_dir, verify_ssl=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  with _quiet_tfds():
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=data_dir, verify_ssl=False,
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
   return builder.data_dir
+
+
+class _DropTfdsRecords(logging.Filter):
+  """Drops TFDS's log records below ERROR (absl records carry the caller's file)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or (
+        f"{os.sep}tensorflow_datasets{os.sep}" not in (record.pathname or ""))
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+  """Writing without TFDS's chatter: its progress bars, its "Downloading and preparing dataset"
+  lines (printed to stdout: nothing is downloaded here) and its INFO / WARNING logs; our own
+  progress lines say what is written, and errors still show."""
+  tfds.disable_progress_bar()
+  quiet = _DropTfdsRecords()
+  loggers = [logging.getLogger("absl"), logging.getLogger("tensorflow_datasets")]
+  for logger in loggers:
+    logger.addFilter(quiet)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(quiet)
