@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 from typing import Any
 
 import jax
@@ -86,7 +87,12 @@ class Manager(ocp.CheckpointManager):
                 "arrays": digest_lib.tree_digests(tree), "loader": digest_lib.json_digest(loader)}
       super().wait_until_finished()
       path = self.directory / str(step)
-      if step not in self.all_steps() or not path.is_dir():
+      # Process 0 renames the finished step into place; another process's view of it (and of
+      # orbax's step list) can lag behind its own wait by a moment.
+      deadline = time.monotonic() + 60
+      while not path.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)
+      if not path.is_dir():
         return  # orbax failed to commit the step (and said why): it stays unverified
       _write_json(path / _digest_name(jax.process_index()), record)
       self.verified.add(step)
