@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 
+from auxskd_jax import config as config_lib
 from auxskd_jax.errors import ConfigError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -260,15 +261,6 @@ _FALLBACK_HELP = {
 }
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict) or (prefix and not tree):
-    return {prefix: tree}
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
-
-
 def _value(value: Any) -> str:
   return json.dumps(value, default=str)
 
@@ -277,8 +269,8 @@ def show_config(config: ml_collections.ConfigDict, defaults: ml_collections.Conf
                 config_file: str | None = None) -> str:
   """The resolved config, one `key = value` line per key, with the config file's value where a
   flag overrode it and the key's help string."""
-  now = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
-  base = _flatten(json.loads(json.dumps(defaults.to_dict(), default=str)))
+  now = config_lib.flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+  base = config_lib.flatten(json.loads(json.dumps(defaults.to_dict(), default=str)))
   helps = key_help(config_file)
   rows = []
   for key in sorted(now):

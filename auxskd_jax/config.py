@@ -154,12 +154,13 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   return path
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{"a.b": leaf} of a nested dict (an empty section is a leaf)."""
   if not isinstance(tree, dict) or (prefix and not tree):
     return {prefix: tree}
   out: dict[str, Any] = {}
   for k, v in tree.items():
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
   return out
 
 
@@ -181,7 +182,7 @@ def resume_overrides(config: ml_collections.ConfigDict) -> list[str]:
   """The keys listed in --config.resume_overrides; each must name a key or section."""
   text = str(config.get("resume_overrides", "") or "")
   names = [n.strip().removeprefix("config.") for n in text.split(",") if n.strip()]
-  known = _flatten(_json_tree(config))
+  known = flatten(_json_tree(config))
   for name in names:
     require(any(_covered(k, (name,)) for k in known), "resume_overrides",
             f"{name!r} is not a config key or section; list the keys meant to change, "
@@ -209,12 +210,12 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
     return
   try:
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = flatten(json.load(f))
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path} is unreadable ({e}); move it away to resume without the check, "
                       "or use another --workdir.") from None
   allowed = tuple(RESUME_FREE_KEYS) + tuple(resume_overrides(config) if allow is None else allow)
-  now = _flatten(_json_tree(config))
+  now = flatten(_json_tree(config))
   new_keys = sorted(k for k in set(now) - set(saved) if not _covered(k, allowed))
   if new_keys:
     logging.warning("Resuming %s: its config.json predates the keys %s (taken as configured).",
