@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from auxskd_jax import config as config_lib
-from auxskd_jax import tasks
+from auxskd_jax import defaults, tasks
 from auxskd_jax.config import ConfigError
 from auxskd_jax.evaluate import evaluators, features, multiclip
 from auxskd_jax.evaluate.topk import knn_accuracy
@@ -73,7 +73,7 @@ def test_knn_monitor_end_to_end_compiles_once(tiny_prepared, monkeypatch):
   data_dir, name = tiny_prepared
   config = _config(data_dir, name)
   config.evaluators = ("knn",)
-  config.eval.knn = evaluators.knn_section()
+  config.eval.knn = defaults.knn()
   config.eval.knn.k = 3
   config.eval.knn.max_videos = 8  # of the 12 train videos; all 6 test videos
   config.eval.knn.every_steps = 7
@@ -97,7 +97,7 @@ def test_knn_settings_fail_clearly(tiny_prepared):
   data_dir, name = tiny_prepared
   config = _config(data_dir, name)
   config.evaluators = ("knn",)
-  config.eval.knn = evaluators.knn_section()
+  config.eval.knn = defaults.knn()
   config.eval.knn.k = 0
   with pytest.raises(ConfigError, match="eval.knn.k"):
     evaluators.validate(config)

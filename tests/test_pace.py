@@ -13,6 +13,7 @@ import pytest
 
 from auxskd_jax.config import ConfigError
 from auxskd_jax.methods import pace
+from auxskd_jax.train import encoder as encoder_lib
 
 import tiny
 
@@ -35,7 +36,7 @@ def test_pace_loss_matches_numpy():
   labels = np.array([0, 1, 2, 3, 3, 1], np.int32)
   logits[0, 0] = 20.0  # planted: example 0 is surely right, example 1 surely wrong
   logits[1, 3] = 20.0
-  loss, acc = pace.pace_loss(jnp.asarray(logits), jnp.asarray(labels))
+  loss, acc = encoder_lib.classification_loss(jnp.asarray(logits), jnp.asarray(labels))
   expected = -np.mean(log_softmax(logits.astype(np.float64))[np.arange(6), labels])
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
   assert float(acc) == pytest.approx(np.mean(logits.argmax(-1) == labels))

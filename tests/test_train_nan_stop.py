@@ -35,7 +35,7 @@ class _BlowsUp:
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     loss = jnp.where(state.step + 1 >= self.bad_from, jnp.nan, loss)
-    new_state = state.apply_mean_gradients(grads, state.batch_stats)
+    new_state = state.apply_gradients(jax.lax.pmean(grads, "batch"))
     return new_state, {"loss": jax.lax.pmean(loss, "batch")}
 
 

@@ -13,7 +13,7 @@ metrics.jsonl rows `{"step", "split": "knn", "top1", ...}`).
 Registered evaluators (`config.evaluators = ('knn',)` lists them; `build_evaluators` builds them):
 - `val` (`FinetuneValidation`): fine-tuning's clip-level validation, `clip_top1` and `loss`.
 - `knn` (`KnnMonitor`): during pretraining, k-NN top-1 on frozen features of a labelled set
-  (`config.eval.knn`, defaults `knn_section()`), the curve that shows pretraining is working.
+  (`config.eval.knn`, defaults `defaults.knn()`), the curve that shows pretraining is working.
 - `retrieval` (`Retrieval`): the retrieval protocol's top-k (the stand-alone `retrieval` task
   runs the same code).
 """
@@ -43,14 +43,9 @@ class Evaluator(Protocol):
     ...
 
 
-def knn_section() -> ml_collections.ConfigDict:
-  """Defaults of `config.eval.knn`, the k-NN monitor of pretraining (`defaults.knn()`)."""
-  return defaults.knn()
-
-
 def knn_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`knn_section()` overridden by the config's `eval.knn` (unknown keys are an error)."""
-  merged = knn_section()
+  """`defaults.knn()` overridden by the config's `eval.knn` (unknown keys are an error)."""
+  merged = defaults.knn()
   given = config.get("eval", ml_collections.ConfigDict()).get("knn", None)
   for key, value in (given.items() if given is not None else ()):
     require(key in merged, f"eval.knn.{key}",
@@ -64,12 +59,6 @@ def open_labelled(data_dir: str, name: str, split: str, key: str) -> Any:
   source = data.open_split(data_dir, name, split)
   data_checks.require_labels(source, f"{name}:{split} (--config.{key})")
   return source
-
-
-def headless_model(config: ml_collections.ConfigDict) -> Any:
-  """The configured backbone without heads or cross-device BN (evaluation uses running
-  statistics); applied with `features_only=True` it ignores any head in the variables."""
-  return encoder_lib.build_encoder(config)
 
 
 def clip_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -135,7 +124,7 @@ class KnnMonitor:
 
   Gallery: `eval.knn.train_split`, queries: `eval.knn.test_split` of `eval.knn.data_name`
   (default data.name), at most `max_videos` each, `num_clips` centre clips per video averaged.
-  Cosine similarity; a weighted vote of the `k` nearest (`temperature`, see `knn_section`).
+  Cosine similarity; a weighted vote of the `k` nearest (`temperature`, see `defaults.knn`).
   Metrics: `top1` (the k-NN classifier) and `retrieval_top1` (the nearest neighbour shares the
   query's class: retrieval top-1).
   """
@@ -147,7 +136,7 @@ class KnnMonitor:
     self.k, self.temperature = int(kc.k), float(kc.temperature)
     self.every_steps = int(kc.every_steps)
     self.splits = SplitFeatures(
-        config, model if model is not None else headless_model(config),
+        config, model if model is not None else encoder_lib.build_encoder(config),
         data_dir=kc.data_dir or config.data.data_dir, name=kc.data_name or config.data.name,
         gallery_split=kc.train_split, query_split=kc.test_split, key="eval.knn.data_name",
         feature_layer=kc.feature_layer, num_clips=int(kc.num_clips),
@@ -177,7 +166,7 @@ class Retrieval:
     self.every_steps = int(every_steps)
     self.feature_layer = str(config.eval.get("feature_layer", "pool"))
     self.splits = SplitFeatures(
-        config, model if model is not None else headless_model(config),
+        config, model if model is not None else encoder_lib.build_encoder(config),
         data_dir=config.data.data_dir, name=config.data.name,
         gallery_split=config.data.train_split, query_split=config.data.test_split,
         feature_layer=self.feature_layer)

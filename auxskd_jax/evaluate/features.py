@@ -125,7 +125,7 @@ class Extractor:
     self.feature_layer, self.clip_mean = feature_layer, clip_mean
     self._step = jax.pmap(_forward(model, config, with_logits=with_logits,
                                    feature_layer=feature_layer, clip_mean=clip_mean),
-                          axis_name="batch")
+                          axis_name=devices.AXIS)
 
   def __call__(self, variables: Any, source: Any, *, num_clips: int | None = None,
                batch_size: int | None = None) -> dict[str, np.ndarray]:

@@ -15,9 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from auxskd_jax.train import devices
 from auxskd_jax.train.state import TrainState
 
-AXIS = "batch"
+AXIS = devices.AXIS
 TEACHER_BN = ("shuffle", "sync", "local")
 
 

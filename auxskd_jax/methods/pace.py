@@ -16,7 +16,6 @@ from auxskd_jax.train import encoder as encoder_lib
 
 
 # (mean cross-entropy, accuracy) of pace logits `[B, R]` against 0-based paces `[B]`.
-pace_loss = encoder_lib.classification_loss
 
 
 class VideoPace(base.Method):
@@ -33,7 +32,7 @@ class VideoPace(base.Method):
   def loss(self, params, state, clips, labels, keys):
     logits, stats = encoder_lib.apply_train(self.model, params["encoder"],
                                             state.batch_stats["encoder"], clips[:, 0])
-    loss, accuracy = pace_loss(logits, labels["pace"])
+    loss, accuracy = encoder_lib.classification_loss(logits, labels["pace"])
     return loss, {"batch_stats": {"encoder": stats}, "metrics": {"accuracy": accuracy}}
 
   @classmethod

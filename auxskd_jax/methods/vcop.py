@@ -59,7 +59,6 @@ class VCOPHead(nn.Module):
 
 
 # (mean cross-entropy, accuracy) of order logits `[B, n!]` against order labels `[B]`.
-order_loss = encoder_lib.classification_loss
 
 
 class VCOP(base.Method):
@@ -108,7 +107,7 @@ class VCOP(base.Method):
   def loss(self, params, state, clips, labels, keys):
     logits, stats = self.logits(params, state.batch_stats, clips, train=True,
                                 dropout_key=keys.method)
-    loss, accuracy = order_loss(logits, labels["order"])
+    loss, accuracy = encoder_lib.classification_loss(logits, labels["order"])
     return loss, {"batch_stats": {"encoder": stats}, "metrics": {"accuracy": accuracy}}
 
   @classmethod

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import threading
 import time
 from typing import Any

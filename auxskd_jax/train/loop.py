@@ -173,7 +173,7 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str, *,
     manager.close()
     return state
 
-  p_step = jax.pmap(method.train_step, axis_name="batch", donate_argnums=(0,))
+  p_step = jax.pmap(method.train_step, axis_name=devices.AXIS, donate_argnums=(0,))
   r_state = devices.replicate(state)
   r_key = devices.replicate(train_key)
   del state

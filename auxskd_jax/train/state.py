@@ -37,30 +37,6 @@ class TrainState(flax.struct.PyTreeNode):
     params = optax.apply_updates(self.params, updates)
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)
 
-  def apply_mean_gradients(self, grads: Any, batch_stats: Any, axis_name: str = "batch",
-                           **changes: Any) -> "TrainState":
-    """The data-parallel update inside a pmapped step: gradients and BN statistics averaged
-    over `axis_name` (a no-op for synchronised BN; keeps per-device-BN replicas identical,
-    so replica 0 is the whole state), then one optimizer update."""
-    grads = jax.lax.pmean(grads, axis_name)
-    batch_stats = jax.tree.map(lambda s: jax.lax.pmean(s, axis_name), batch_stats)
-    return self.apply_gradients(grads, batch_stats=batch_stats, **changes)
-
-
-def device_key(key: jax.Array, step: jax.Array, axis_name: str = "batch") -> jax.Array:
-  """This step's key on this device, from the run's base key: nothing random is stored, so a
-  resumed run draws exactly what an uninterrupted one would."""
-  return jax.random.fold_in(jax.random.fold_in(key, step), jax.lax.axis_index(axis_name))
-
-
-def step_metrics(metrics: dict[str, jax.Array], schedule: Any, step: jax.Array,
-                 axis_name: str = "batch") -> dict[str, jax.Array]:
-  """Metrics averaged over the devices, plus the learning rate the step used."""
-  metrics = jax.lax.pmean(metrics, axis_name)
-  if schedule is not None:
-    metrics["learning_rate"] = jnp.asarray(schedule(step), jnp.float32)
-  return metrics
-
 
 def to_checkpoint(state: TrainState) -> dict[str, Any]:
   """The state as a plain nested dict of arrays (what orbax writes)."""

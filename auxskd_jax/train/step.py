@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from auxskd_jax import ops
+from auxskd_jax.train import devices
 from auxskd_jax.train.state import TrainState
 
-AXIS = "batch"
+AXIS = devices.AXIS
 DEVICE_STREAM = 0
 SHARED_STREAM = 1
 
