@@ -20,7 +20,7 @@ Registered evaluators (`config.evaluators = ('knn',)` lists them; `build_evaluat
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,14 +33,7 @@ from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.evaluate import features, multiclip
 from auxskd_jax.evaluate.topk import DEFAULT_KS, knn_accuracy, topk_accuracy
 from auxskd_jax.train import encoder as encoder_lib
-
-
-class Evaluator(Protocol):
-  name: str  # the log prefix
-  every_steps: int  # the loop calls it every that many steps, and at the last step
-
-  def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
-    ...
+from auxskd_jax.train.loop import Evaluator  # the interface the loop calls
 
 
 def knn_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
