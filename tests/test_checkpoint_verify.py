@@ -184,12 +184,16 @@ class _Quadratic:
   random, incompressible values so bit flips land in raw bytes."""
   recipe = "clip"
 
-  def init_state(self, config, rng, steps_per_epoch, total_steps=None):
-    del config, steps_per_epoch, total_steps
+  def init_state(self, config, rng, tx, steps_per_epoch):
+    del config, tx, steps_per_epoch
     return TrainState.create(params={"encoder": {"w": jax.random.normal(rng, (4096,))}},
                              batch_stats={"encoder": {}}, tx=optax.sgd(0.1, momentum=0.9))
 
-  def train_step(self, state, batch, key):
+  def make_step(self, schedule):
+    del schedule
+    return self._step
+
+  def _step(self, state, batch, key):
     del key
     x = jnp.mean(batch["windows"].astype(jnp.float32)) / 255.0
 
@@ -197,7 +201,7 @@ class _Quadratic:
       return jnp.mean((params["encoder"]["w"] * x) ** 2)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    new_state = state.apply_mean_gradients(grads, state.batch_stats)
+    new_state = state.apply_gradients(jax.lax.pmean(grads, "batch"))
     return new_state, {"loss": jax.lax.pmean(loss, "batch")}
 
 

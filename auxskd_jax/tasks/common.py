@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+import jax
 
 import ml_collections
 from absl import logging
@@ -11,6 +13,7 @@ from auxskd_jax import config as config_lib
 from auxskd_jax import models, ops, weights
 from auxskd_jax.data import checks as data_checks
 from auxskd_jax.errors import ConfigError, require
+from auxskd_jax.evaluate import evaluators
 from auxskd_jax.train import encoder as encoder_lib
 from auxskd_jax.train import optim
 
@@ -79,3 +82,27 @@ def frozen_backbone(config: ml_collections.ConfigDict, key: str) -> tuple[Any, d
                                        strict=True, flag=key,
                                        trust_pickle=weights.trust_pickle(config, key))
   return model, variables
+
+
+def validate_feature_task(config: ml_collections.ConfigDict,
+                          own_checks: Callable[[ml_collections.ConfigDict], None]) -> None:
+  """What every frozen-feature task (retrieval, linear probe) checks: the components, both
+  splits readable, `own_checks`, the feature layer (known, and not empty at this clip size);
+  then every backbone layer of the checkpoint to evaluate fits."""
+  check_experiment(config, splits=(config.data.train_split, config.data.test_split))
+  check_evaluation(config)
+  own_checks(config)
+  evaluators.validate(config)
+  for key in INIT_KEYS:
+    check_init_fits(config, key, strict=True)
+
+
+def start_feature_task(config: ml_collections.ConfigDict,
+                       workdir: str) -> tuple[bool, str, Any, dict]:
+  """(is process 0, eval.init_from, model, variables) of a frozen-feature task, with
+  config.json written by process 0 (every process extracts its share; process 0 writes)."""
+  chief = jax.process_index() == 0
+  if chief:
+    config_lib.save_config(config, workdir)
+  model, variables = frozen_backbone(config, "eval.init_from")
+  return chief, config.eval.get("init_from", ""), model, variables

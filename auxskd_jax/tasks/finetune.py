@@ -62,7 +62,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                            f"{config.data.name}:{config.data.train_split}")
   data_checks.require_labels(test_src, f"{config.data.name}:{config.data.test_split}")
   steps_per_epoch, total_steps = loop.schedule_lengths(config, len(train_src))
-  method = finetune_method.Finetune(config, num_classes, total_steps=total_steps)
+  method = finetune_method.Finetune(config, num_classes)
   # One extractor (one compiled forward) for the periodic validation and the final test.
   extract = features.Extractor(encoder_lib.build_encoder(config, num_classes=num_classes),
                                config, with_logits=True)

@@ -11,37 +11,29 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 
-from auxskd_jax import config as config_lib
 from auxskd_jax.errors import require
 from auxskd_jax.evaluate import evaluators, linear_classifier, report
 from auxskd_jax.tasks import Task, common
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """The components' checks, both splits readable, the probe's settings, the feature layer;
-  then every backbone layer of `eval.init_from` fits."""
-  common.check_experiment(config, splits=(config.data.train_split, config.data.test_split))
-  common.check_evaluation(config)
+def _probe_checks(config: ml_collections.ConfigDict) -> None:
   require("probe" in config, "probe",
           "the linear probe needs a probe section (auxskd_jax.defaults.probe).")
   require(config.probe.steps > 0, "probe.steps", "must be positive.")
   require(config.probe.learning_rate > 0, "probe.learning_rate", "must be positive.")
   require(config.probe.batch_size > 0, "probe.batch_size", "must be positive.")
-  evaluators.validate(config)  # eval.feature_layer: known, and not empty at this clip size
-  for key in common.INIT_KEYS:
-    common.check_init_fits(config, key, strict=True)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The frozen-feature checks (tasks.common) and the probe's settings."""
+  common.validate_feature_task(config, _probe_checks)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  chief = jax.process_index() == 0  # every process extracts its share; process 0 writes
-  if chief:
-    config_lib.save_config(config, workdir)
-  path = config.eval.get("init_from", "")
-  model, variables = common.frozen_backbone(config, "eval.init_from")
+  chief, path, model, variables = common.start_feature_task(config, workdir)
   layer = str(config.eval.get("feature_layer", "pool"))
   splits = evaluators.SplitFeatures(
       config, model, data_dir=config.data.data_dir, name=config.data.name,

@@ -16,37 +16,29 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 
-from auxskd_jax import config as config_lib
 from auxskd_jax.errors import require
 from auxskd_jax.evaluate import evaluators, report
 from auxskd_jax.evaluate.topk import DEFAULT_KS
 from auxskd_jax.tasks import Task, common
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """The components' checks, both splits readable, the k values, the feature layer; then every
-  backbone layer of `eval.init_from` fits."""
-  common.check_experiment(config, splits=(config.data.train_split, config.data.test_split))
-  common.check_evaluation(config)
+def _topk_checks(config: ml_collections.ConfigDict) -> None:
   ks = tuple(config.eval.get("topk", DEFAULT_KS))
   require(len(ks) > 0 and all(int(k) >= 1 for k in ks), "eval.topk",
           f"needs positive k values, e.g. {DEFAULT_KS}; got {ks}.")
-  evaluators.validate(config)  # eval.feature_layer: known, and not empty at this clip size
-  for key in common.INIT_KEYS:
-    common.check_init_fits(config, key, strict=True)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The frozen-feature checks (tasks.common) and the k values."""
+  common.validate_feature_task(config, _topk_checks)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Extracts video features of both splits, scores retrieval, writes results and a plot."""
-  chief = jax.process_index() == 0  # every process extracts its share; process 0 writes
-  if chief:
-    config_lib.save_config(config, workdir)
-  path = config.eval.get("init_from", "")
-  model, variables = common.frozen_backbone(config, "eval.init_from")
+  chief, path, model, variables = common.start_feature_task(config, workdir)
   retrieval = evaluators.Retrieval(config, model=model)
   acc = retrieval.scores(variables)
   metrics = {f"top{k}": v for k, v in acc.items()}
