@@ -86,3 +86,32 @@ def test_resume_with_another_config_is_refused(tmp_path):
   assert "demo.quick: false -> true" in err
   assert open(path).read() == before
   assert json.load(open(path))["seed"] == 0
+
+
+def test_a_workdir_that_is_a_file(tmp_path):
+  a_file = tmp_path / "run"
+  a_file.write_text("not a directory")
+  _fails_cleanly(a_file, match=f"--workdir={a_file} is a file, not a directory")
+  assert a_file.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("crop_size", 48, "--config.clip.crop_size: 48 is larger than the prepared frames"),
+    ("clip_len", 64, "--config.clip.clip_len: 64 frames, but the longest video"),
+])
+def test_a_crop_or_clip_the_prepared_data_cannot_serve(tiny_prepared, key, value, match):
+  """Checked against the dataset's index (32x40 frames, 20-40 per video) by the task's
+  validation, which main.py runs before anything is written."""
+  from auxskd_jax import tasks
+  from tests.tiny import tiny_config
+
+  data_dir, name = tiny_prepared
+  config = tiny_config("vspp_r21d_k100")
+  config.data.data_dir, config.data.name = data_dir, name
+  config.train.batch_size = 4
+  task = tasks.get(config.task)
+  task.validate(config)  # the tiny sizes fit
+  config.clip[key] = value
+  with pytest.raises(config_lib.ConfigError, match=match) as e:
+    task.validate(config)
+  assert "\n" not in str(e.value)
