@@ -135,7 +135,7 @@ def _run(argv: list[str]) -> None:
     _fail(f"unexpected arguments {argv[1:]}; flags look like --config.train.num_steps=100.",
           prefix="Usage error")
   from auxskd_jax import config as config_lib
-  from auxskd_jax import distributed, runtime, tasks, workdir_lock
+  from auxskd_jax import distributed, errors, runtime, tasks, workdir_lock
   from auxskd_jax.train import preemption
   from auxskd_jax.train.logging import quiet_libraries
 
@@ -177,6 +177,12 @@ def _run(argv: list[str]) -> None:
       task.run(config, workdir)
   except config_lib.UserError as e:  # the lease, or found only once the run read its data
     _fail(" ".join(str(e).split()), prefix="Error")
+  except Exception as e:  # pylint: disable=broad-except
+    cause = errors.disk_full_cause(e)  # a log or report write met the full disk first
+    if cause is None:
+      raise
+    _fail(f"the disk of --workdir={workdir} is full ({cause}); free some space and start the "
+          "same command again: it resumes from the last verified checkpoint.", prefix="Error")
   except preemption.Preempted as e:  # SIGTERM / Ctrl-C: a checkpoint was saved at e.step
     logging.warning("%s", e)
     sys.exit(e.exit_code)
