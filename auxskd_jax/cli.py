@@ -139,6 +139,8 @@ def _run(argv: list[str]) -> None:
   from auxskd_jax.train import preemption
   from auxskd_jax.train.logging import quiet_libraries
 
+  # From here on a SIGTERM (compiling, loading data) exits with 42, as the loop's does.
+  preemption.install_early_sigterm()
   quiet_libraries()
   config = _CONFIG.value
   if _SHOW_CONFIG.value:
