@@ -249,6 +249,8 @@ class Lease:
       self._lock_fd = None
 
   def release(self) -> None:
+    if os.getpid() != self.holder.pid:  # a forked child's copy: the parent still holds it
+      return
     self._stop.set()
     if self._thread is not None:
       self._thread.join(timeout=5)

@@ -120,6 +120,31 @@ def test_preempted_names_the_step_and_exit_code():
 # The loop's SIGTERM test (one process and two) is tests/test_multihost_train.py.
 
 
+def test_the_early_handler_hands_over_to_the_guard_and_back():
+  old = signal.getsignal(signal.SIGTERM)
+  try:
+    assert preemption.install_early_sigterm()
+    assert signal.getsignal(signal.SIGTERM) is preemption._early_handler
+    with preemption.PreemptionGuard():
+      handler = signal.getsignal(signal.SIGTERM)
+      assert handler is not preemption._early_handler
+      os.kill(os.getpid(), signal.SIGTERM)  # the guard's: a request, no exit (the watcher
+      assert _wait_for(lambda: handler.__self__.requested)  # thread sees it and stands by)
+    assert signal.getsignal(signal.SIGTERM) is preemption._early_handler
+  finally:
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, old)
+
+
+def _wait_for(predicate, seconds: float = 10.0) -> bool:
+  import time
+
+  deadline = time.monotonic() + seconds
+  while not predicate() and time.monotonic() < deadline:
+    time.sleep(0.01)
+  return predicate()
+
+
 def test_sigterm_before_the_first_step_exits_42_and_the_restart_trains(tiny_prepared, tmp_path):
   """main.py gets SIGTERM as soon as it took the workdir's lease (building and compiling the
   state, before any step): status 42 at once, one line, nothing saved, the lease given back;

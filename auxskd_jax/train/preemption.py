@@ -45,11 +45,16 @@ _REASONS = {0: "", 1: "SIGTERM", 2: "SIGINT (Ctrl-C)", 3: "preemption notice"}
 
 
 _EARLY_EXIT_LOCK = threading.Lock()
+_EARLY_PID: int | None = None  # the process that installed the early handler
 
 
 def _early_exit(where: str) -> None:
   """Ends the process with status 42 now: nothing new to save. The lease (distributed's abort
   hooks) is given back first."""
+  if os.getpid() != _EARLY_PID:  # a forked child inherited the handler: SIGTERM's default
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return
   if not _EARLY_EXIT_LOCK.acquire(blocking=False):
     return  # the other path (thread or handler) is exiting already
   from auxskd_jax import distributed  # noqa: PLC0415  (top layer; only when exiting)
@@ -94,8 +99,10 @@ def install_early_sigterm() -> bool:
   after it hands back). Call from the main thread as soon as the flags are parsed; before
   `jax.distributed` starts (it then owns SIGTERM in a multi-process job and the loop stops at an
   agreed step). Returns whether it was installed."""
+  global _EARLY_PID
   if threading.current_thread() is not threading.main_thread():
     return False
+  _EARLY_PID = os.getpid()
   signal.signal(signal.SIGTERM, _early_handler)
   try:
     read_fd, write_fd = os.pipe()
