@@ -179,15 +179,15 @@ def _run(argv: list[str]) -> None:
       task.run(config, workdir)
   except config_lib.UserError as e:  # the lease, or found only once the run read its data
     _fail(" ".join(str(e).split()), prefix="Error")
-  except Exception as e:  # pylint: disable=broad-except
+  except preemption.Preempted as e:  # SIGTERM / Ctrl-C: a checkpoint was saved at e.step
+    logging.warning("%s", e)
+    sys.exit(e.exit_code)
+  except Exception as e:  # pylint: disable=broad-except  (after Preempted, an Exception too)
     cause = errors.disk_full_cause(e)  # a log or report write met the full disk first
     if cause is None:
       raise
     _fail(f"the disk of --workdir={workdir} is full ({cause}); free some space and start the "
           "same command again: it resumes from the last verified checkpoint.", prefix="Error")
-  except preemption.Preempted as e:  # SIGTERM / Ctrl-C: a checkpoint was saved at e.step
-    logging.warning("%s", e)
-    sys.exit(e.exit_code)
 
 
 def main() -> None:
