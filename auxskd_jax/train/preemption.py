@@ -64,7 +64,7 @@ def _early_exit(where: str) -> None:
       hook()
     except Exception:  # pylint: disable=broad-except  (exiting anyway)
       pass
-  sys.stderr.write(f"SIGTERM {where}: no training step to save; exiting with status "
+  sys.stderr.write(f"SIGTERM {where}: nothing new to save; exiting with status "
                    f"{PREEMPTED_EXIT_CODE}. Start the same command again to continue (from the "
                    "last checkpoint, if any).\n")
   sys.stderr.flush()
