@@ -4,14 +4,14 @@
 With no flags it runs the embedded demo (configs/demo.py) end to end on a CPU.
 
 Order of work, so that every expected mistake fails in a second, with one line that names the
-flag or file, and before anything is written: parse the flags (an unknown key or bad value),
-from then on a SIGTERM exits with 42 (train/preemption.py), pick the task, check the workdir
-(not a file, writable, not full), apply the runtime settings, join a multi-process job, validate the config once
-(the task's checks: values, paths, devices, the checkpoint to start from), check the resume
-rule against the workdir's config.json; only then the workdir's lease is taken (one job per
-workdir, `workdir_lock`), config.json is written and the task runs.
-Expected errors (ConfigError, UserError) print their message alone and exit with status 2;
-anything else keeps its traceback.
+flag or file, and before anything is written: parse the flags (an unknown key or bad value);
+from then on a SIGTERM exits with 42 (train/preemption.py); pick the task, check the workdir
+(not a file, writable, not full), apply the runtime settings, join a multi-process job,
+validate the config once (the task's checks: values, paths, the data's frames, devices, the
+checkpoint to start from), check the resume rule against the workdir's config.json; only then
+the workdir's lease is taken (one job per workdir, `workdir_lock`), config.json is written and
+the task runs. Expected errors (ConfigError, UserError, a full disk) print one line and exit
+with status 2; anything else keeps its traceback.
 """
 
 from __future__ import annotations
