@@ -285,7 +285,7 @@ _TENSORSTORE_FULL = ('RESOURCE_EXHAUSTED: Error writing local file "{d}/10.orbax
                      'tensorstore_spec=\'{{"driver": "zarr3"}}\'')
 
 
-@pytest.mark.parametrize("where", ["in_flight", "at_start"])
+@pytest.mark.parametrize("where", ["in_flight", "at_start", "digest"])
 def test_a_disk_that_fills_during_a_save_is_one_line_naming_the_last_verified_step(
     tmp_path, monkeypatch, caplog, where):
   """orbax surfaces a full disk in its background thread's error (tensorstore's
@@ -305,6 +305,12 @@ def test_a_disk_that_fills_during_a_save_is_one_line_naming_the_last_verified_st
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
     assert ckpt_lib.save(manager, 10, _state(10), {"next_index": 10})
     failing = lambda: manager.wait_until_finished()  # noqa: E731
+  elif where == "digest":  # orbax wrote step 10; its digest file does not fit
+    def write_json(path, record):
+      raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(ckpt_lib, "_write_json", write_json)
+    failing = lambda: ckpt_lib.save(manager, 10, _state(10), {"next_index": 10},  # noqa: E731
+                                    wait=True)
   else:  # the save call itself: orbax wraps the OSError it met
     def save(self, step, *args, **kwargs):
       try:

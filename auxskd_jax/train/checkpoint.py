@@ -77,7 +77,8 @@ class Manager(ocp.CheckpointManager):
     self._commits: list[threading.Thread] = []
     self.verified: set[int] = set()  # steps committed or verified on restore by this run
     self.last_started: int | None = None  # the newest step whose save started
-    self.failed: DiskFullError | None = None  # reported once; later waits stay quiet
+    self.failed: DiskFullError | None = None  # the same error again later; close() is quiet
+    self._commit_error: tuple[int, BaseException] | None = None  # a digest write's full disk
 
   def commit_later(self, step: int, tree: Any, loader: dict[str, Any]) -> None:
     """Digests `tree` and `loader` now, in the background, and writes them once `step` is
@@ -104,23 +105,33 @@ class Manager(ocp.CheckpointManager):
       _write_json(path / _digest_name(jax.process_index()), record)
       self.verified.add(step)
     except Exception as e:  # pylint: disable=broad-except
-      # A full disk is reported by the main thread's wait, in one line; anything else here.
-      log = logging.info if disk_full_cause(e) else logging.warning
-      log("Could not write the digest of checkpoint step %d (%s); it will not count as "
-          "verified.", step, _one_line(e))
+      if disk_full_cause(e):  # the main thread's wait says it, in one line
+        self._commit_error = (step, e)
+        logging.info("Could not write the digest of checkpoint step %d (%s).", step,
+                     _one_line(e))
+        return
+      logging.warning("Could not write the digest of checkpoint step %d (%s); it will not count "
+                      "as verified.", step, _one_line(e))
+
+  def _join_commits(self) -> None:
+    commits, self._commits = self._commits, []
+    for thread in commits:
+      thread.join()
 
   def wait_until_finished(self) -> None:
     """orbax's wait, then this process's digest commits. A full disk in the save in flight
-    raises DiskFullError (once; the run is ending)."""
+    (orbax's write or the digest's) raises DiskFullError (once; the run is ending)."""
     try:
       super().wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      self._join_commits()
       self._raise_if_disk_full(e, self.last_started)
       raise
-    finally:
-      commits, self._commits = self._commits, []
-      for thread in commits:
-        thread.join()
+    self._join_commits()
+    if self._commit_error is not None:
+      step, error = self._commit_error
+      self._commit_error = None
+      self._raise_if_disk_full(error, step)
 
   def close(self) -> None:
     """orbax's close; after a DiskFullError was raised, quietly (the error is on its way)."""
