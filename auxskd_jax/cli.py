@@ -4,16 +4,19 @@
 With no flags it runs the embedded demo (configs/demo.py) end to end on a CPU.
 
 Order of work, so that every expected mistake fails in a second, with one line that names the
-flag or file, and before anything is written: parse the flags (an unknown key or bad value),
-pick the task, apply the runtime settings, join a multi-process job, validate the config once
-(the task's checks: values, paths, devices, the checkpoint to start from), check the resume
-rule against the workdir's config.json; only then config.json is written and the task runs.
-Expected errors (ConfigError, UserError) print their message alone and exit with status 2;
-anything else keeps its traceback.
+flag or file, and before anything is written: parse the flags (an unknown key or bad value);
+from then on a SIGTERM exits with 42 (train/preemption.py); pick the task, check the workdir
+(not a file, writable, not full), apply the runtime settings, join a multi-process job,
+validate the config once (the task's checks: values, paths, the data's frames, devices, the
+checkpoint to start from), check the resume rule against the workdir's config.json; only then
+the workdir's lease is taken (one job per workdir, `workdir_lock`), config.json is written and
+the task runs. Expected errors (ConfigError, UserError, a full disk) print one line and exit
+with status 2; anything else keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -133,10 +136,12 @@ def _run(argv: list[str]) -> None:
     _fail(f"unexpected arguments {argv[1:]}; flags look like --config.train.num_steps=100.",
           prefix="Usage error")
   from auxskd_jax import config as config_lib
-  from auxskd_jax import distributed, runtime, tasks
+  from auxskd_jax import distributed, errors, runtime, tasks, workdir_lock
   from auxskd_jax.train import preemption
   from auxskd_jax.train.logging import quiet_libraries
 
+  # From here on a SIGTERM (compiling, loading data) exits with 42, as the loop's does.
+  preemption.install_early_sigterm()
   quiet_libraries()
   config = _CONFIG.value
   if _SHOW_CONFIG.value:
@@ -148,6 +153,8 @@ def _run(argv: list[str]) -> None:
   workdir = _WORKDIR.value or _default_workdir()
   try:
     task = tasks.of(config)
+    if task.uses_workdir:  # a file, read-only or full: said now, not at the first write
+      workdir_lock.check_writable(workdir)
     runtime.apply(config)
     if "distributed" in config:  # configs without the section (prepare) run single-process
       distributed.initialize(config)
@@ -162,16 +169,26 @@ def _run(argv: list[str]) -> None:
     _fail(str(e))
   import jax
 
-  if task.uses_workdir and jax.process_index() == 0:
-    config_lib.save_config(config, workdir)
-  logging.info("task=%s workdir=%s", config.task, workdir)
+  # One job per workdir: every process calls hold (process 0 takes the lease, the others check
+  # that they joined the job holding it); a second run is refused here, in one line.
+  lease = workdir_lock.hold(workdir) if task.uses_workdir else contextlib.nullcontext()
   try:
-    task.run(config, workdir)
-  except config_lib.UserError as e:  # found only once the run read its data
+    with lease:
+      if task.uses_workdir and jax.process_index() == 0:
+        config_lib.save_config(config, workdir)
+      logging.info("task=%s workdir=%s", config.task, workdir)
+      task.run(config, workdir)
+  except config_lib.UserError as e:  # the lease, or found only once the run read its data
     _fail(" ".join(str(e).split()), prefix="Error")
   except preemption.Preempted as e:  # SIGTERM / Ctrl-C: a checkpoint was saved at e.step
     logging.warning("%s", e)
     sys.exit(e.exit_code)
+  except Exception as e:  # pylint: disable=broad-except  (after Preempted, an Exception too)
+    cause = errors.disk_full_cause(e)  # a log or report write met the full disk first
+    if cause is None:
+      raise
+    _fail(f"the disk of --workdir={workdir} is full ({cause}); free some space and start the "
+          "same command again: it resumes from the last verified checkpoint.", prefix="Error")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ RESUME_FREE_KEYS = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "distributed.coordinator_address", "distributed.process_id", "distributed.num_processes",
     "distributed.initialization_timeout", "distributed.local_device_ids",
+    "distributed.heartbeat_timeout", "distributed.first_collective_timeout",
 )
 
 

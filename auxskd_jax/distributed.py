@@ -301,6 +301,12 @@ def at_abort(hook: Callable[[], None]) -> Callable[[], None]:
   return hook
 
 
+def cancel_at_abort(hook: Callable[[], None]) -> None:
+  """Unregisters an `at_abort` hook (no-op if it is not registered)."""
+  if hook in _ABORT_HOOKS:
+    _ABORT_HOOKS.remove(hook)
+
+
 def abort(message: str, code: int = PEER_FAILED_EXIT_CODE) -> None:
   """Ends this process at once (from any thread, even while the main thread is stuck in a
   collective) with one line on stderr; the at_abort hooks run first."""

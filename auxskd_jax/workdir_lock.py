@@ -93,10 +93,28 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def _process_start_time(pid: int) -> float | None:
+  """When process `pid` started (unix time), from /proc on Linux; None where unknown."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+    with open("/proc/stat") as f:
+      boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+  except (OSError, ValueError, IndexError, StopIteration):
+    return None
+
+
 def _stale_reason(holder: Holder, stale_after_s: float, now: float) -> str:
   """Why `holder` no longer holds the lease ("" when it still does)."""
-  if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
-    return "its process is gone"
+  if holder.host == socket.gethostname():
+    if not _pid_alive(holder.pid):
+      return "its process is gone"
+    # A pid reused since, e.g. a restarted container (same host name, same small pid; this
+    # process itself, even): the process with that id started after the lease was written.
+    started = _process_start_time(holder.pid)
+    if started is not None and started > holder.started + 2.0:
+      return "its process is gone (its process id now belongs to a newer process)"
   if now - holder.renewed > stale_after_s:
     return f"not renewed for {now - holder.renewed:.0f} s (> {stale_after_s:.0f} s)"
   return ""
@@ -231,6 +249,8 @@ class Lease:
       self._lock_fd = None
 
   def release(self) -> None:
+    if os.getpid() != self.holder.pid:  # a forked child's copy: the parent still holds it
+      return
     self._stop.set()
     if self._thread is not None:
       self._thread.join(timeout=5)
@@ -264,7 +284,11 @@ def hold(workdir: str, *, renew_every_s: float = RENEW_EVERY_S,
   kwargs = dict(renew_every_s=renew_every_s, stale_after_s=stale_after_s)
   if jax.process_count() == 1:
     with Lease(workdir, **kwargs).acquire() as lease:
-      yield lease
+      hook = distributed.at_abort(lease.release)  # a watchdog's os._exit skips `finally`
+      try:
+        yield lease
+      finally:
+        distributed.cancel_at_abort(hook)
     return
   lease, outcome = None, {"ok": True, "error": "", "token": ""}
   if jax.process_index() == 0:
@@ -289,7 +313,10 @@ def hold(workdir: str, *, renew_every_s: float = RENEW_EVERY_S,
     failed = [o for o in _agree(mine) if not o["ok"]]
     if failed:
       raise UserError(failed[0]["error"])
+    if lease is not None:
+      distributed.at_abort(lease.release)  # a watchdog's os._exit skips `finally`
     yield lease
   finally:
     if lease is not None:
+      distributed.cancel_at_abort(lease.release)
       lease.release()

@@ -3,6 +3,7 @@ truncated loader JSON, bytes flipped at unchanged size, missing digest) is named
 moved to checkpoints/corrupt/<step>, and the run resumes from the newest step that verifies;
 across 2 processes too; a run resumed past a bit flip continues exactly."""
 
+import errno
 import json
 import os
 import shutil
@@ -281,3 +282,57 @@ def test_two_processes_agree_on_the_step_to_resume_from(tmp_path):
   assert _steps(workdir) == ["1", "corrupt"]
   assert sorted(os.listdir(os.path.join(ckpt_lib.checkpoint_dir(workdir), "corrupt"))) == [
       "2", "3"]
+
+
+_TENSORSTORE_FULL = ('RESOURCE_EXHAUSTED: Error writing local file "{d}/10.orbax-checkpoint-tmp-3/'
+                     'state/d/1f2e": No space left on device [source locations=\'...\']\n'
+                     'tensorstore_spec=\'{{"driver": "zarr3"}}\'')
+
+
+@pytest.mark.parametrize("where", ["in_flight", "at_start", "digest"])
+def test_a_disk_that_fills_during_a_save_is_one_line_naming_the_last_verified_step(
+    tmp_path, monkeypatch, caplog, where):
+  """orbax surfaces a full disk in its background thread's error (tensorstore's
+  RESOURCE_EXHAUSTED text) at the next wait, or as an OSError from the save call itself."""
+  workdir = str(tmp_path / "run")
+  manager = ckpt_lib.make_manager(workdir)
+  assert ckpt_lib.save(manager, 8, _state(8), {"next_index": 8}, wait=True)
+  directory = ckpt_lib.checkpoint_dir(workdir)
+  full = ValueError(_TENSORSTORE_FULL.format(d=directory))
+  if where == "in_flight":  # the async write of step 10 fails: every thread's wait raises it
+    real_wait = ocp.CheckpointManager.wait_until_finished
+
+    def wait(self):
+      if self.last_started != 10:
+        return real_wait(self)
+      raise full
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
+    assert ckpt_lib.save(manager, 10, _state(10), {"next_index": 10})
+    failing = lambda: manager.wait_until_finished()  # noqa: E731
+  elif where == "digest":  # orbax wrote step 10; its digest file does not fit
+    def write_json(path, record):
+      raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(ckpt_lib, "_write_json", write_json)
+    failing = lambda: ckpt_lib.save(manager, 10, _state(10), {"next_index": 10},  # noqa: E731
+                                    wait=True)
+  else:  # the save call itself: orbax wraps the OSError it met
+    def save(self, step, *args, **kwargs):
+      try:
+        raise OSError(errno.ENOSPC, "No space left on device", f"{directory}/10")
+      except OSError as e:
+        raise RuntimeError("Checkpoint save failed") from e
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    failing = lambda: ckpt_lib.save(manager, 10, _state(10), {"next_index": 10})  # noqa: E731
+  with pytest.raises(ckpt_lib.DiskFullError) as e:
+    failing()
+  message = str(e.value)
+  assert "\n" not in message and len(message) < 800, message
+  assert "while saving checkpoint step 10" in message
+  assert ("RESOURCE_EXHAUSTED" if where == "in_flight" else "No space left") in message
+  assert "the last verified checkpoint is step 8" in message
+  assert isinstance(e.value, ckpt_lib.UserError)  # main.py: this line alone, status 2
+  manager.close()  # quiet: the error is already on its way
+  assert not [r for r in caplog.records if r.levelname == "WARNING" and
+              "Could not write the digest" in r.getMessage()]  # the one line says it
+  monkeypatch.undo()
+  assert ckpt_lib.verified_steps(ckpt_lib.make_manager(workdir)) == [8]

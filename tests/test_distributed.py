@@ -2,6 +2,7 @@
 when the job cannot form, and the same-config check. Jobs are 2 localhost processes x 2 CPU
 devices (tests/multiproc.py)."""
 
+import os
 import time
 
 import ml_collections
@@ -170,3 +171,21 @@ def test_config_json_ignores_per_process_keys():
   a, b = _config(process_id=0), _config(process_id=1, local_device_ids="1")
   assert distributed.config_json(a) == distributed.config_json(b)
   assert distributed.config_json(a, {"workdir": "x"}) != distributed.config_json(b, {"workdir": "y"})
+
+
+def test_every_distributed_key_may_change_on_resume(tmp_path):
+  """The section says how the job forms and how long it waits, never what it computes."""
+  from auxskd_jax import config as config_lib
+
+  config = config_lib.base_config()
+  workdir = str(tmp_path / "run")
+  config_lib.save_config(config, workdir)
+  os.makedirs(os.path.join(workdir, "checkpoints", "2"))  # something to resume
+  for key in config.distributed:
+    assert f"distributed.{key}" in config_lib.RESUME_FREE_KEYS, key
+  config.distributed.heartbeat_timeout = 5
+  config.distributed.first_collective_timeout = 7
+  config_lib.check_resume(config, workdir)  # no error
+  config.seed = 1
+  with pytest.raises(ConfigError, match="seed"):
+    config_lib.check_resume(config, workdir)

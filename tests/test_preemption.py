@@ -118,3 +118,71 @@ def test_preempted_names_the_step_and_exit_code():
   assert "step 17" in str(e) and "SIGTERM" in str(e)
 
 # The loop's SIGTERM test (one process and two) is tests/test_multihost_train.py.
+
+
+def test_the_early_handler_hands_over_to_the_guard_and_back():
+  old = signal.getsignal(signal.SIGTERM)
+  try:
+    assert preemption.install_early_sigterm()
+    assert signal.getsignal(signal.SIGTERM) is preemption._early_handler
+    with preemption.PreemptionGuard():
+      handler = signal.getsignal(signal.SIGTERM)
+      assert handler is not preemption._early_handler
+      os.kill(os.getpid(), signal.SIGTERM)  # the guard's: a request, no exit (the watcher
+      assert _wait_for(lambda: handler.__self__.requested)  # thread sees it and stands by)
+    assert signal.getsignal(signal.SIGTERM) is preemption._early_handler
+  finally:
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, old)
+
+
+def _wait_for(predicate, seconds: float = 10.0) -> bool:
+  import time
+
+  deadline = time.monotonic() + seconds
+  while not predicate() and time.monotonic() < deadline:
+    time.sleep(0.01)
+  return predicate()
+
+
+def test_sigterm_before_the_first_step_exits_42_and_the_restart_trains(tiny_prepared, tmp_path):
+  """main.py gets SIGTERM as soon as it took the workdir's lease (building and compiling the
+  state, before any step): status 42 at once, one line, nothing saved, the lease given back;
+  the same command then trains to the end."""
+  import subprocess
+  import sys
+  import time
+
+  from auxskd_jax import workdir_lock
+  from auxskd_jax.train import checkpoint as ckpt_lib
+
+  data_dir, name = tiny_prepared
+  workdir = str(tmp_path / "run")
+  args = [sys.executable, "main.py", "--config=configs/vspp_r21d_k100.py", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
+          "--config.model.name=r3d_10", "--config.model.width=4", "--config.clip.clip_len=4",
+          "--config.clip.num_segments=2", "--config.clip.max_speed=2",
+          "--config.clip.crop_size=16", "--config.train.batch_size=4",
+          "--config.train.num_steps=2", "--config.train.log_every=1",
+          "--config.xla_fast_compile=True"]
+  env = multiproc.child_env(2)
+  proc = subprocess.Popen(args, cwd=multiproc.ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  lease = os.path.join(workdir, workdir_lock.LEASE_FILE)
+  deadline = time.monotonic() + 120
+  while proc.poll() is None and not os.path.exists(lease) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-3000:]
+  assert "Traceback" not in err and "SIGTERM" in err.strip().splitlines()[-1], err[-3000:]
+  assert not os.path.exists(lease)  # given back
+  checkpoints = ckpt_lib.checkpoint_dir(workdir)
+  assert not os.path.isdir(checkpoints) or not [s for s in os.listdir(checkpoints)
+                                                 if s.isdigit()]
+  out = subprocess.run(args, cwd=multiproc.ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f if '"train"' in line]
+  assert steps == [1, 2]

@@ -86,3 +86,82 @@ def test_resume_with_another_config_is_refused(tmp_path):
   assert "demo.quick: false -> true" in err
   assert open(path).read() == before
   assert json.load(open(path))["seed"] == 0
+
+
+def test_a_workdir_that_is_a_file(tmp_path):
+  a_file = tmp_path / "run"
+  a_file.write_text("not a directory")
+  _fails_cleanly(a_file, match=f"--workdir={a_file} is a file, not a directory")
+  assert a_file.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("crop_size", 48, "--config.clip.crop_size: 48 is larger than the prepared frames"),
+    ("clip_len", 64, "--config.clip.clip_len: 64 frames, but the longest video"),
+])
+def test_a_crop_or_clip_the_prepared_data_cannot_serve(tiny_prepared, key, value, match):
+  """Checked against the dataset's index (32x40 frames, 20-40 per video) by the task's
+  validation, which main.py runs before anything is written."""
+  from auxskd_jax import tasks
+  from tests.tiny import tiny_config
+
+  data_dir, name = tiny_prepared
+  config = tiny_config("vspp_r21d_k100")
+  config.data.data_dir, config.data.name = data_dir, name
+  config.train.batch_size = 4
+  task = tasks.get(config.task)
+  task.validate(config)  # the tiny sizes fit
+  config.clip[key] = value
+  with pytest.raises(config_lib.ConfigError, match=match) as e:
+    task.validate(config)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("raised, code, match", [
+    ("preempted", 42, None),
+    ("disk_full", 2, "Error: the disk of --workdir="),
+    ("other", None, None),
+])
+def test_cli_maps_what_a_task_raises_to_its_exit_status(tmp_path, monkeypatch, capsys, raised,
+                                                       code, match):
+  """In-process, a stand-in task: Preempted -> 42 (not caught as a failure), a full disk met
+  by any write -> one line and 2, anything else keeps its traceback."""
+  import errno
+  import signal
+
+  from absl import flags
+
+  from auxskd_jax import cli, runtime, tasks
+  from auxskd_jax.train import preemption
+
+  def run(config, workdir):
+    if raised == "preempted":
+      raise preemption.Preempted(3, "SIGTERM")
+    if raised == "disk_full":
+      raise OSError(errno.ENOSPC, "No space left on device", os.path.join(workdir, "x"))
+    raise RuntimeError("a bug")
+
+  stand_in = tasks.Task(name="demo", validate=lambda config: None, run=run)
+  monkeypatch.setattr(tasks, "of", lambda config: stand_in)
+  monkeypatch.setattr(runtime, "apply", lambda config: None)  # keep this process's jax config
+  monkeypatch.setattr(sys, "argv", ["main.py", "--config=configs/demo.py"])
+  workdir = str(tmp_path / "run")
+  flags.FLAGS(["main.py", "--config=configs/demo.py", f"--workdir={workdir}"])
+  old = signal.getsignal(signal.SIGTERM)
+  try:
+    if code is None:
+      with pytest.raises(RuntimeError, match="a bug"):
+        cli._run(["main.py"])
+    else:
+      with pytest.raises(SystemExit) as e:
+        cli._run(["main.py"])
+      assert e.value.code == code
+  finally:
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, old)
+    flags.FLAGS.unparse_flags()
+  err = capsys.readouterr().err
+  if match:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(match) and "No space left" in lines[0], err
+  assert not os.path.exists(os.path.join(workdir, "lease.json"))  # given back in every case

@@ -38,6 +38,36 @@ def require_dataset(config: ml_collections.ConfigDict, splits: Iterable[str]) ->
       raise ConfigError(
           f"{where}, split {split!r}: the shard {bad} is unreadable (truncated or corrupt?); "
           "prepare the dataset again.") from None
+    if "clip" in config:
+      require_clips_fit(config, source, f"{where}, split {split!r}")
+
+
+def require_clips_fit(config: ml_collections.ConfigDict, source: reader.VideoSource,
+                      where: str) -> None:
+  """`--config.clip.crop_size` fits the prepared frames and `--config.clip.clip_len` is not
+  longer than every video, from the index `prepare` writes beside the shards (no frame is
+  read). A dataset without that index (prepared elsewhere) is not checked here: building it
+  is a pass over every record, which the loader makes anyway."""
+  index = os.path.join(source.dataset_dir, reader.INDEX_FILE.format(split=source.split))
+  if not os.path.isfile(index) or len(source) == 0:
+    return
+  try:
+    meta = source.metadata
+  except (OSError, ValueError, KeyError) as e:
+    raise ConfigError(f"{where}: its index {index} is unreadable ({e}); prepare the dataset "
+                      "again.") from None
+  crop = int(config.clip.crop_size)
+  heights, widths = meta["height"], meta["width"]
+  if len(heights) and heights.min() > 0 and widths.min() > 0:
+    h, w = int(heights.min()), int(widths.min())
+    require(crop <= min(h, w), "clip.crop_size",
+            f"{crop} is larger than the prepared frames of {where} ({h}x{w}); use a crop of at "
+            f"most {min(h, w)}, or prepare the dataset again with a larger --config.resize.")
+  clip_len = int(config.clip.clip_len)
+  longest = int(np.max(meta["num_frames"]))
+  require(clip_len <= longest, "clip.clip_len",
+          f"{clip_len} frames, but the longest video of {where} has {longest}: every clip would "
+          f"loop its video. Use a clip_len of at most {longest}, or prepare longer videos.")
 
 
 def _unreadable_shard(dataset_dir: str, split: str) -> str:

@@ -35,6 +35,7 @@ from absl import logging
 from etils import epath
 
 from auxskd_jax import distributed
+from auxskd_jax.errors import UserError, disk_full_cause
 from auxskd_jax.train import digest as digest_lib
 from auxskd_jax.train import state as state_lib
 from auxskd_jax.weights.orbax import checkpoint_dir, restore_variables  # noqa: F401
@@ -61,6 +62,10 @@ def _manager_options(keep: int, async_save: bool) -> ocp.CheckpointManagerOption
   return ocp.CheckpointManagerOptions(**kwargs)
 
 
+class DiskFullError(UserError):
+  """The disk filled while a checkpoint was saved; the message names the last verified step."""
+
+
 class Manager(ocp.CheckpointManager):
   """orbax's manager plus the digest commit. After orbax has committed a step (its folder has
   its final name), a background thread in every process writes that process's digest file
@@ -70,6 +75,9 @@ class Manager(ocp.CheckpointManager):
     super().__init__(*args, **kwargs)
     self._commits: list[threading.Thread] = []
     self.verified: set[int] = set()  # steps committed or verified on restore by this run
+    self.last_started: int | None = None  # the newest step whose save started
+    self.failed: DiskFullError | None = None  # the same error again later; close() is quiet
+    self._commit_error: tuple[int, BaseException] | None = None  # a digest write's full disk
 
   def commit_later(self, step: int, tree: Any, loader: dict[str, Any]) -> None:
     """Digests `tree` and `loader` now, in the background, and writes them once `step` is
@@ -96,15 +104,57 @@ class Manager(ocp.CheckpointManager):
       _write_json(path / _digest_name(jax.process_index()), record)
       self.verified.add(step)
     except Exception as e:  # pylint: disable=broad-except
+      if disk_full_cause(e):  # the main thread's wait says it, in one line
+        self._commit_error = (step, e)
+        logging.info("Could not write the digest of checkpoint step %d (%s).", step,
+                     _one_line(e))
+        return
       logging.warning("Could not write the digest of checkpoint step %d (%s); it will not count "
                       "as verified.", step, _one_line(e))
 
-  def wait_until_finished(self) -> None:
-    """orbax's wait, then this process's digest commits."""
-    super().wait_until_finished()
+  def _join_commits(self) -> None:
     commits, self._commits = self._commits, []
     for thread in commits:
       thread.join()
+
+  def wait_until_finished(self) -> None:
+    """orbax's wait, then this process's digest commits. A full disk in the save in flight
+    (orbax's write or the digest's) raises DiskFullError (once; the run is ending)."""
+    try:
+      super().wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._join_commits()
+      self._raise_if_disk_full(e, self.last_started)
+      raise
+    self._join_commits()
+    if self._commit_error is not None:
+      step, error = self._commit_error
+      self._commit_error = None
+      self._raise_if_disk_full(error, step)
+
+  def close(self) -> None:
+    """orbax's close; after a DiskFullError was raised, quietly (the error is on its way)."""
+    try:
+      super().close()
+    except Exception:  # pylint: disable=broad-except
+      if self.failed is None:
+        raise
+
+  def _raise_if_disk_full(self, error: BaseException, step: int | None) -> None:
+    cause = disk_full_cause(error)
+    if cause is None:
+      return
+    if self.failed is not None:
+      raise self.failed from None
+    good = verified_steps(self, exclude=step)
+    last = (f"the last verified checkpoint is step {good[-1]}" if good else
+            "no checkpoint is verified yet (a restart begins at step 0)")
+    which = f"checkpoint step {step}" if step is not None else "a checkpoint"
+    self.failed = DiskFullError(
+        f"the disk filled while saving {which} in {self.directory} ({cause}); {last}. Free "
+        "some space (or move the workdir) and start the same command again: it resumes from "
+        "that step; the partial save is deleted when it starts.")
+    raise self.failed from None
 
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True) -> Manager:
@@ -191,10 +241,18 @@ def save(manager: Manager, step: int, host_state: state_lib.TrainState, loader_s
     return False
   tree = jax.tree.map(np.asarray, state_lib.to_checkpoint(host_state))
   loader = gather_loader_states(loader_state)
-  started = manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(tree), loader=ocp.args.JsonSave(loader)), force=force,
-      custom_metadata={DIGEST_KEY: DIGEST_FORMAT})
+  # orbax waits for the previous save before it starts this one; waiting here first names the
+  # step a full disk failed (the previous one's error surfaces in this wait).
+  manager.wait_until_finished()
+  try:
+    started = manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), loader=ocp.args.JsonSave(loader)), force=force,
+        custom_metadata={DIGEST_KEY: DIGEST_FORMAT})
+  except Exception as e:  # pylint: disable=broad-except
+    manager._raise_if_disk_full(e, step)  # pylint: disable=protected-access
+    raise
   if started:
+    manager.last_started = step
     manager.commit_later(step, tree, loader)
   if wait:
     manager.wait_until_finished()
@@ -208,6 +266,18 @@ def _has_complete_digest(path: epath.Path) -> bool:
   except (OSError, ValueError, KeyError, TypeError):
     return False
   return all((path / _digest_name(i)).exists() for i in range(1, count))
+
+
+def verified_steps(manager: Manager, exclude: int | None = None) -> list[int]:
+  """The steps on disk that are verified (committed with every digest, or verified on
+  restore), oldest first, without waiting for a save in flight; `exclude` left out."""
+  try:
+    names = [p.name for p in manager.directory.iterdir()]
+  except OSError:
+    return sorted(manager.verified - {exclude})
+  steps = {int(n) for n in names if n.isdigit()} - {exclude}
+  return sorted(s for s in steps if s in manager.verified or
+                _has_complete_digest(manager.directory / str(s)))
 
 
 def last_good_step(manager: Manager) -> int | None:

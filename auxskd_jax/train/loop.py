@@ -237,7 +237,7 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str, *,
           logging.warning("Saved step %d in %s; stopping (%s).", step,
                           ckpt_lib.checkpoint_dir(workdir), guard.reason or "asked to stop")
           raise preemption.Preempted(step, guard.reason)
-    manager.wait_until_finished()
+      manager.wait_until_finished()  # under the guard: a SIGTERM must not cut the last save
   finally:
     manager.close()
     logger.close()

@@ -10,7 +10,10 @@ The loop runs inside a `PreemptionGuard` and asks it after every step:
           raise Preempted(step, guard.reason)
 
 `main.py` turns `Preempted` into exit status `PREEMPTED_EXIT_CODE` (42): "a checkpoint was
-written; run the same command again to continue". A second Ctrl-C exits at once (status 130,
+written; run the same command again to continue". Outside the guard (from the moment the flags
+are parsed: validation, data loading, building and compiling the state, evaluations after
+training) `install_early_sigterm` makes a SIGTERM exit with 42 at once, saving nothing (no new
+step exists), so a "requeue on 42" script requeues a job stopped at any moment. A second Ctrl-C exits at once (status 130,
 nothing saved). Every process gets the same answer from `should_stop` at the same step, so all
 of them save the same step and stop together:
 
@@ -23,7 +26,9 @@ of them save the same step and stop together:
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import types
 from typing import Any
@@ -37,6 +42,82 @@ PREEMPTED_EXIT_CODE = 42
 INTERRUPTED_EXIT_CODE = 130
 
 _REASONS = {0: "", 1: "SIGTERM", 2: "SIGINT (Ctrl-C)", 3: "preemption notice"}
+
+
+_EARLY_EXIT_LOCK = threading.Lock()
+_EARLY_PID: int | None = None  # the process that installed the early handler
+
+
+def _early_exit(where: str) -> None:
+  """Ends the process with status 42 now: nothing new to save. The lease (distributed's abort
+  hooks) is given back first."""
+  if os.getpid() != _EARLY_PID:  # a forked child inherited the handler: SIGTERM's default
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return
+  if not _EARLY_EXIT_LOCK.acquire(blocking=False):
+    return  # the other path (thread or handler) is exiting already
+  from auxskd_jax import distributed  # noqa: PLC0415  (top layer; only when exiting)
+
+  for hook in list(distributed._ABORT_HOOKS):  # pylint: disable=protected-access
+    try:
+      hook()
+    except Exception:  # pylint: disable=broad-except  (exiting anyway)
+      pass
+  sys.stderr.write(f"SIGTERM {where}: nothing new to save; exiting with status "
+                   f"{PREEMPTED_EXIT_CODE}. Start the same command again to continue (from the "
+                   "last checkpoint, if any).\n")
+  sys.stderr.flush()
+  os._exit(PREEMPTED_EXIT_CODE)
+
+
+def _early_handler(signum: int, frame: types.FrameType | None) -> None:
+  del signum, frame
+  _early_exit("outside the training loop")
+
+
+def _watch_wakeup(read_fd: int) -> None:
+  """The C-level handler writes each signal's number here at once, even while the main thread
+  is inside a long C++ call (an XLA compile) where no Python handler can run: exit from here
+  when SIGTERM arrives while the early handler (not a PreemptionGuard's) is installed."""
+  while True:
+    try:
+      data = os.read(read_fd, 64)
+    except InterruptedError:
+      continue
+    except OSError:
+      return
+    if not data:
+      return
+    if signal.SIGTERM in data and signal.getsignal(signal.SIGTERM) is _early_handler:
+      _early_exit("before or after the training loop (while compiling, loading data or "
+                  "evaluating)")
+
+
+def install_early_sigterm() -> bool:
+  """SIGTERM exits with status 42 at once until a `PreemptionGuard` takes over (and again
+  after it hands back). Call from the main thread as soon as the flags are parsed; before
+  `jax.distributed` starts (it then owns SIGTERM in a multi-process job and the loop stops at an
+  agreed step). Returns whether it was installed."""
+  global _EARLY_PID
+  if threading.current_thread() is not threading.main_thread():
+    return False
+  _EARLY_PID = os.getpid()
+  signal.signal(signal.SIGTERM, _early_handler)
+  try:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    if previous != -1:  # someone else (an event loop) uses it: theirs back, the handler alone
+      signal.set_wakeup_fd(previous)
+      os.close(read_fd)
+      os.close(write_fd)
+      return True
+  except (OSError, ValueError):
+    return True
+  threading.Thread(target=_watch_wakeup, args=(read_fd,), name="early-sigterm",
+                   daemon=True).start()
+  return True
 
 
 class Preempted(Exception):

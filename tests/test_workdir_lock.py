@@ -1,0 +1,204 @@
+"""One job per workdir (auxskd_jax/workdir_lock.py): a second holder is refused in one line
+naming the first, a stale lease is taken over with a warning, the holder renews it and gives it
+back on exit, and a workdir that cannot be written is refused before anything is written."""
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+from auxskd_jax import distributed, workdir_lock
+from auxskd_jax.errors import UserError
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _record(workdir) -> dict:
+  with open(os.path.join(workdir, workdir_lock.LEASE_FILE)) as f:
+    return json.load(f)
+
+
+def _plant(workdir, **fields) -> workdir_lock.Holder:
+  """A lease record left by someone else (no lock held)."""
+  now = time.time()
+  holder = workdir_lock.Holder(**{"host": "elsewhere", "pid": 4242, "job_id": "slurm:7",
+                                  "token": "theirs", "started": now, "renewed": now, **fields})
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, workdir_lock.LEASE_FILE)
+  with open(path + ".planted", "w") as f:
+    json.dump(dataclasses.asdict(holder), f)
+  os.replace(path + ".planted", path)  # whole, as the lease's own writes are
+  return holder
+
+
+def _dead_pid() -> int:
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  child.wait()
+  return child.pid
+
+
+@pytest.mark.parametrize("locks", [True, False])
+def test_a_second_holder_is_refused_in_one_line_naming_the_first(tmp_path, monkeypatch, locks):
+  if not locks:  # a filesystem without fcntl locks: the renewal time decides
+    monkeypatch.setattr(workdir_lock.Lease, "_try_lock", lambda self: None)
+  workdir = str(tmp_path / "run")
+  with workdir_lock.Lease(workdir).acquire() as first:
+    with pytest.raises(workdir_lock.WorkdirBusy) as e:
+      workdir_lock.Lease(workdir).acquire()
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"--workdir={workdir} is in use by")
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in message
+    assert _record(workdir)["token"] == first.holder.token  # the refused run wrote nothing
+
+
+@pytest.mark.parametrize("case", ["dead_pid", "own_pid", "not_renewed"])
+def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, monkeypatch, caplog, case):
+  monkeypatch.setattr(workdir_lock.Lease, "_try_lock", lambda self: None)  # the record decides
+  workdir = str(tmp_path / "run")
+  if case == "dead_pid":
+    _plant(workdir, host=socket.gethostname(), pid=_dead_pid())
+    why = "its process is gone"
+  elif case == "own_pid":  # a restarted container: same host name, same pid, another process
+    _plant(workdir, host=socket.gethostname(), pid=os.getpid(), started=time.time() - 1e6)
+    why = "belongs to a newer process"
+  else:
+    _plant(workdir, renewed=time.time() - 5)
+    why = "not renewed for"
+  with caplog.at_level(logging.WARNING):
+    lease = workdir_lock.Lease(workdir, stale_after_s=1).acquire()
+  try:
+    assert _record(workdir)["token"] == lease.holder.token
+    warned = [r.getMessage() for r in caplog.records if "Taking over the stale lease" in
+              r.getMessage()]
+    assert warned and why in warned[0], caplog.text
+  finally:
+    lease.release()
+
+
+def test_a_fresh_lease_of_another_host_is_refused_without_locks(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir_lock.Lease, "_try_lock", lambda self: None)
+  workdir = str(tmp_path / "run")
+  _plant(workdir)
+  with pytest.raises(workdir_lock.WorkdirBusy, match="pid 4242 on host elsewhere, job slurm:7"):
+    workdir_lock.Lease(workdir, stale_after_s=60).acquire()
+
+
+def test_the_lock_decides_over_a_fresh_record_whose_holder_is_gone(tmp_path, caplog):
+  """A record that looks live (another host, just renewed) but whose lock nobody holds."""
+  workdir = str(tmp_path / "run")
+  _plant(workdir)
+  with caplog.at_level(logging.WARNING):
+    with workdir_lock.Lease(workdir).acquire():
+      assert "no process holds its lock" in caplog.text
+
+
+def test_the_holder_renews_and_releases_on_exit(tmp_path):
+  workdir = str(tmp_path / "run")
+  with workdir_lock.hold(workdir, renew_every_s=0.05) as lease:
+    first = _record(workdir)["renewed"]
+    deadline = time.time() + 10
+    while _record(workdir)["renewed"] == first and time.time() < deadline:
+      time.sleep(0.05)
+    assert _record(workdir)["renewed"] > first
+    assert lease.release in distributed._ABORT_HOOKS  # a watchdog's os._exit gives it back
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
+  assert lease.release not in distributed._ABORT_HOOKS
+  with pytest.raises(RuntimeError):  # released on an error too
+    with workdir_lock.hold(workdir):
+      raise RuntimeError("boom")
+  with workdir_lock.hold(workdir):  # free again
+    pass
+
+
+def test_a_holder_that_lost_its_lease_stops(tmp_path, monkeypatch, capsys):
+  workdir = str(tmp_path / "run")
+  lease = workdir_lock.Lease(workdir, renew_every_s=0.05).acquire()
+  exits = []
+
+  def fake_exit(code):  # os._exit does not return: nothing after it may write
+    exits.append(code)
+    monkeypatch.setattr(workdir_lock, "_write", lambda *args: None)
+    lease._stop.set()
+
+  monkeypatch.setattr(workdir_lock.os, "_exit", fake_exit)
+  _plant(workdir, token="usurper")
+  lease._thread.join(timeout=10)
+  lease.release()
+  assert exits == [2]
+  assert "lost the lease" in capsys.readouterr().err
+  assert _record(workdir)["token"] == "usurper"  # neither overwritten nor removed
+
+
+def test_another_process_checks_it_joined_the_job_holding_the_lease(tmp_path, monkeypatch):
+  """Process 1 of a job: process 0's token (from the all-gather) must be in lease.json."""
+  import jax
+
+  workdir = str(tmp_path / "run")
+  _plant(workdir, token="another-job")
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  chief = {"ok": True, "error": "", "token": "this-job"}
+  monkeypatch.setattr(workdir_lock, "_agree", lambda mine: [chief, mine])
+  with pytest.raises(UserError, match="process 1 sees pid 4242 on host elsewhere"):
+    with workdir_lock.hold(workdir):
+      pass
+  _plant(workdir, token="this-job")
+  with workdir_lock.hold(workdir) as lease:
+    assert lease is None  # only process 0 holds it
+
+
+def test_unwritable_workdirs_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  with pytest.raises(UserError, match=r"is a file, not a directory"):
+    workdir_lock.check_writable(str(a_file))
+  with pytest.raises(UserError, match=r"is a file, so the workdir cannot be created"):
+    workdir_lock.check_writable(str(a_file / "run"))
+  workdir_lock.check_writable(str(tmp_path / "new" / "run"))  # to be created: fine
+  assert not (tmp_path / "new").exists()
+  monkeypatch.setattr(workdir_lock, "MIN_FREE_BYTES", 1 << 62)
+  with pytest.raises(UserError, match=r"is full \(\d+ MiB free\)"):
+    workdir_lock.check_writable(str(tmp_path / "run"))
+
+
+def test_a_read_only_filesystem_is_refused(tmp_path, monkeypatch):
+  """A read-only mount (statvfs's ST_RDONLY), which binds root too."""
+  real = os.statvfs(str(tmp_path))
+  fake = types.SimpleNamespace(f_flag=real.f_flag | os.ST_RDONLY, f_bavail=real.f_bavail,
+                               f_frsize=real.f_frsize)
+  monkeypatch.setattr(workdir_lock.os, "statvfs", lambda path: fake)
+  with pytest.raises(UserError, match=r"is read-only \(a read-only filesystem"):
+    workdir_lock.check_writable(str(tmp_path / "run"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_workdir_is_refused(tmp_path):
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o555)
+  try:
+    for workdir in (ro, ro / "run"):
+      with pytest.raises(UserError, match=r"is read-only"):
+        workdir_lock.check_writable(str(workdir))
+  finally:
+    ro.chmod(0o755)
+
+
+def test_cli_refuses_a_second_run_on_a_held_workdir(tmp_path):
+  """End to end: main.py on a workdir whose lease this test process holds exits 2, one line."""
+  workdir = str(tmp_path / "demo")
+  with workdir_lock.Lease(workdir).acquire():
+    out = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}"], cwd=_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"is in use by pid {os.getpid()} on host {socket.gethostname()}" in lines[0]
+  assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]  # nothing else written
