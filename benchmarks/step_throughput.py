@@ -66,12 +66,15 @@ def compile_step(task: str, config: ml_collections.ConfigDict, devices: Sequence
                  size: tuple[int, int], seed: int = 0) -> dict[str, Any]:
   """Initial state, an on-device batch and the compiled pmapped step (state donated)."""
   method = build_method(task, config)
-  state = method.init_state(config, jax.random.PRNGKey(seed), 1000, total_steps=100_000)
+  from auxskd_jax.train import optim
+
+  tx, schedule = optim.make_optimizer(config, 1000, 100_000)
+  state = method.init_state(config, jax.random.PRNGKey(seed), tx, 1000)
   r_state = common.replicate(state, devices)
   del state
   batch = common.shard(host_batch(task, config, size, seed), devices)
   key = common.replicate(jax.random.PRNGKey(seed + 1), devices)
-  p_step = jax.pmap(method.train_step, axis_name="batch", devices=devices, donate_argnums=(0,))
+  p_step = jax.pmap(method.make_step(schedule), axis_name="batch", devices=devices, donate_argnums=(0,))
   start = time.perf_counter()
   lowered = p_step.lower(r_state, batch, key)
   compiled = lowered.compile()

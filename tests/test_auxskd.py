@@ -10,6 +10,8 @@ import pytest
 
 from auxskd_jax.methods import auxskd, momentum
 
+import tiny
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -50,10 +52,11 @@ def synthetic_batch(n=8, seed=0):
 
 
 def run_steps(config, batch, num_devices, steps=2):
-  method = auxskd.AuxSKD(config, make_clips=fixed_clips)
-  state = method.init_state(config, jax.random.PRNGKey(0), steps_per_epoch=10, total_steps=20)
+  method = auxskd.AuxSKD(config)
+  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20, seed=0,
+                                          make_clips=fixed_clips)
   devs = jax.devices()[:num_devices]
-  step = jax.pmap(method.train_step, axis_name="batch", devices=devs)
+  step = jax.pmap(train_step, axis_name="batch", devices=devs)
   rep = jax.pmap(lambda x: x, devices=devs)(
       jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), state))
   sharded = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
@@ -127,7 +130,7 @@ def test_one_step_ema_queue_and_loss():
   clips, _ = fixed_clips("auxskd", None, batch, config, train=True)
   local = tiny_config(teacher_bn="local")  # same maths on one device, outside pmap
   local.train.bn = "local"
-  method = auxskd.AuxSKD(local, make_clips=fixed_clips)
+  method = auxskd.AuxSKD(local)
   k = method.teacher.apply(state.extras["teacher"], clips[:, 1], train=True,
                            mutable=["batch_stats"])[0]
   z = method.student.apply({"params": state.params["encoder"],

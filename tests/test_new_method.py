@@ -21,8 +21,8 @@ METHOD = textwrap.dedent('''
       recipe = "clip"
       name = "arrow of time"
 
-      def __init__(self, config, make_clips=None):
-        super().__init__(config, make_clips)
+      def __init__(self, config):
+        super().__init__(config)
         self.model = encoder_lib.build_encoder(config, num_classes=2)
 
       def loss(self, params, state, clips, labels, keys):

@@ -15,6 +15,8 @@ from auxskd_jax.errors import ConfigError
 torch = pytest.importorskip("torch")
 from auxskd_jax.testing import reference_torch  # noqa: E402  (needs torch)
 
+import tiny  # noqa: E402
+
 WIDTH, EMBED, HIDDEN, QUEUE = 8, 16, 32, 12
 
 
@@ -224,10 +226,10 @@ def test_auxskd_task_continues_the_authors_run(auxskd_file):
   config.auxskd = defaults.auxskd()
   config.auxskd.queue_size = QUEUE + 1
   with pytest.raises(ConfigError, match="auxskd.queue_size=12"):
-    auxskd.AuxSKD(config).init_state(config, jax.random.PRNGKey(0), steps_per_epoch=5)
+    tiny.state_and_step(auxskd.AuxSKD(config), config, steps_per_epoch=5, total_steps=100)
   config.auxskd.queue_size = QUEUE
   method = auxskd.AuxSKD(config)
-  state = method.init_state(config, jax.random.PRNGKey(0), steps_per_epoch=5, total_steps=100)
+  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=5, total_steps=100)
   want = pretrained.load_auxskd_torch_state(path, "r21d_10")
   assert int(state.step) == 3 * 5
   for got, ref in ((state.params, want["params"]), (state.extras["teacher"], want["teacher"]),
@@ -240,7 +242,7 @@ def test_auxskd_task_continues_the_authors_run(auxskd_file):
   for a, b in zip(jax.tree.leaves(trace), jax.tree.leaves(want["momentum"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   windows = np.random.default_rng(0).integers(0, 256, (1, 4, 2, 31, 20, 20, 3), np.uint8)
-  step = jax.pmap(method.train_step, axis_name="batch", devices=jax.devices()[:1])
+  step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:1])
   rep = jax.tree.map(lambda x: jnp.asarray(x)[None], state)
   rep, metrics = step(rep, {"windows": windows}, jax.random.PRNGKey(1)[None])
   assert int(rep.step[0]) == 16 and np.isfinite(float(metrics["loss"][0]))

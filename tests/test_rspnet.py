@@ -97,8 +97,9 @@ def test_pmapped_steps_ema_queue_and_loss():
   # Shuffled BN over 2 clips a device changes the keys from step to step far more than 3
   # small steps change the encoder; sync BN makes the keys depend on the weights alone.
   config.rspnet.teacher_bn = "sync"
-  method = rspnet.RSPNet(config, make_clips=fixed_clips)
-  state = method.init_state(config, jax.random.PRNGKey(0), steps_per_epoch=10, total_steps=20)
+  method = rspnet.RSPNet(config)
+  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20, seed=0, 
+                                          make_clips=fixed_clips)
   assert set(state.params["encoder"]) >= set(rspnet.HEADS)
   rng = np.random.default_rng(0)
   base = rng.integers(0, 256, (8, 1, 16, 16, 16, 3))
@@ -107,7 +108,7 @@ def test_pmapped_steps_ema_queue_and_loss():
   batch = {"windows": np.concatenate([base, noisy], 1).astype(np.uint8).reshape(
       4, 2, 2, 16, 16, 16, 3)}
   rep = jax.tree.map(lambda x: jnp.stack([x] * 4), state)
-  step = jax.pmap(method.train_step, axis_name="batch", devices=jax.devices()[:4])
+  step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:4])
   key = jnp.stack([jax.random.PRNGKey(1)] * 4)
   initial = rep.extras
   history, losses = [rep], []

@@ -21,12 +21,16 @@ class _BlowsUp:
   def __init__(self, bad_from: int):
     self.bad_from = bad_from
 
-  def init_state(self, config, rng, steps_per_epoch, total_steps=None):
-    del config, rng, steps_per_epoch, total_steps
+  def init_state(self, config, rng, tx, steps_per_epoch):
+    del config, rng, tx, steps_per_epoch
     return TrainState.create(params={"encoder": {"w": jnp.ones(())}},
                              batch_stats={"encoder": {}}, tx=optax.sgd(0.1))
 
-  def train_step(self, state, batch, key):
+  def make_step(self, schedule):
+    del schedule
+    return self._step
+
+  def _step(self, state, batch, key):
     del key
     x = jnp.mean(batch["windows"].astype(jnp.float32)) / 255.0
 

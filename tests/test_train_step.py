@@ -57,8 +57,11 @@ class _InfiniteGradient(base.Method):
   name = "blows-up"
 
   def __init__(self, config, bad_from):
-    super().__init__(config, make_clips=self._clips)
+    super().__init__(config)
     self.bad_from = bad_from
+
+  def make_step(self, schedule):
+    return step_lib.make_train_step(self, schedule, make_clips=self._clips)
 
   @staticmethod
   def _clips(recipe, key, batch, config, *, train):

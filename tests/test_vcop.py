@@ -80,8 +80,9 @@ def fixed_clips(task, key, batch, config, *, train):
 def test_pmapped_steps_reduce_loss_on_fixed_batch():
   config = tiny_config()
   config.vcop.dropout = 0.0  # a fixed batch's loss then falls step after step
-  method = vcop.VCOP(config, make_clips=fixed_clips)
-  state = method.init_state(config, jax.random.PRNGKey(0), steps_per_epoch=10, total_steps=20)
+  method = vcop.VCOP(config)
+  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20, seed=0, 
+                                          make_clips=fixed_clips)
   assert set(state.params) == {"encoder", "vcop_head"}
   assert "linear" not in state.params["encoder"]  # the backbone has no head of its own
   w = ops.window_len("vcop", config)
@@ -89,7 +90,7 @@ def test_pmapped_steps_reduce_loss_on_fixed_batch():
   batch = {"windows": rng.integers(0, 256, (4, 2, 1, w, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 6, (4, 2)).astype(np.int32)}
   rep = jax.tree.map(lambda x: jnp.stack([x] * 4), state)
-  step = jax.pmap(method.train_step, axis_name="batch", devices=jax.devices()[:4])
+  step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:4])
   key = jnp.stack([jax.random.PRNGKey(1)] * 4)
   losses = []
   for _ in range(4):

@@ -12,6 +12,8 @@ from auxskd_jax.methods import auxskd, vspp
 from auxskd_jax.train import checkpoint as ckpt_lib
 from auxskd_jax import weights
 
+import tiny
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,8 +36,8 @@ def _auxskd_checkpoint(workdir, model_name="r21d_10"):
   config = _load("auxskd_r21d_k100")
   config.model.name = model_name
   config.auxskd.queue_size = 12
-  method = auxskd.AuxSKD(config, make_clips=lambda *a, **k: None)
-  state = method.init_state(config, jax.random.PRNGKey(5), steps_per_epoch=2, total_steps=4)
+  method = auxskd.AuxSKD(config)
+  state, _ = tiny.state_and_step(method, config, steps_per_epoch=2, total_steps=4, seed=5)
   manager = ckpt_lib.make_manager(workdir)
   ckpt_lib.save(manager, 0, state, None)
   manager.wait_until_finished()
@@ -48,7 +50,7 @@ def test_init_from_auxskd_checkpoint_loads_backbone(tmp_path):
   config = _load("vspp_r21d_k100")
   config.train.init_from = str(tmp_path / "aux")
   method = vspp.VSPP(config)
-  state = method.init_state(config, jax.random.PRNGKey(0), steps_per_epoch=2, total_steps=4)
+  state, _ = tiny.state_and_step(method, config, steps_per_epoch=2, total_steps=4)
   report = method.init_report
   assert "params/conv1/spatial_conv/kernel" in report.loaded
   assert "batch_stats/conv2/block1/bn1/mean" in report.loaded
@@ -78,14 +80,14 @@ def test_init_from_other_backbone_names_layers(tmp_path):
 def test_vspp_step_metrics():
   config = _load("vspp_r21d_k100")
   method = vspp.VSPP(config)
-  state = method.init_state(config, jax.random.PRNGKey(0), steps_per_epoch=2, total_steps=4)
+  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=2, total_steps=4)
   rng = np.random.default_rng(0)
   from auxskd_jax import ops
 
   w = ops.window_len("vspp", config)
   batch = {"windows": rng.integers(0, 256, (2, 2, 1, w, 20, 24, 3), dtype=np.uint8)}
   rep = jax.tree.map(lambda x: jnp.stack([x] * 2), state)
-  step = jax.pmap(method.train_step, axis_name="batch", devices=jax.devices()[:2])
+  step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:2])
   rep, metrics = step(rep, batch, jnp.stack([jax.random.PRNGKey(1)] * 2))
   m = jax.tree.map(lambda x: float(x[0]), metrics)
   assert np.isfinite(m["loss"])

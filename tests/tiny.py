@@ -28,3 +28,18 @@ def tiny_config(name: str) -> ml_collections.ConfigDict:
   config.train.init_from = ""
   config.optim.learning_rate = 0.05
   return config
+
+
+def state_and_step(method, config: ml_collections.ConfigDict, *, steps_per_epoch: int,
+                   total_steps: int, seed: int = 0, make_clips=None):
+  """(initial state, pure step) as `train.loop.fit` builds them: the optimizer and schedule
+  from the config, then the method's state; `make_clips` replaces the clip recipe (tests pass
+  deterministic clips). pmap the step over axis 'batch'."""
+  import jax
+
+  from auxskd_jax.train import optim
+  from auxskd_jax.train import step as step_lib
+
+  tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+  state = method.init_state(config, jax.random.PRNGKey(seed), tx, steps_per_epoch)
+  return state, step_lib.make_train_step(method, schedule, make_clips=make_clips)

@@ -63,8 +63,8 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
   recipe = "auxskd"
   name = "auxSKD"
 
-  def __init__(self, config: ml_collections.ConfigDict, make_clips=None):
-    super().__init__(config, make_clips)
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
     self.section = config.auxskd
     embed = config.model.embed_dim
     student_axis = encoder_lib.student_bn_axis(config)

@@ -20,7 +20,7 @@ import ml_collections
 
 from auxskd_jax import ops
 from auxskd_jax.train import encoder as encoder_lib
-from auxskd_jax.train import loop, optim
+from auxskd_jax.train import loop
 from auxskd_jax.train import step as step_lib
 from auxskd_jax.train.state import TrainState
 
@@ -30,15 +30,9 @@ class Method(abc.ABC):
   recipe: ClassVar[str] = ""
   name: ClassVar[str] = ""
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               make_clips: step_lib.MakeClips | None = None):
-    """`make_clips(recipe, key, batch, config, *, train)` replaces the recipe (tests pass a
-    deterministic one)."""
+  def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.make_clips = make_clips
-    self.schedule: Callable[[Any], Any] | None = None
-    self.init_report: Any = None
-    self._step: Callable | None = None
+    self.init_report: Any = None  # what create_state loaded from train.init_from, if anything
     self.steps_per_epoch: int | None = None
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
@@ -53,21 +47,18 @@ class Method(abc.ABC):
            labels: dict[str, jax.Array], keys: step_lib.StepKeys) -> tuple[jax.Array, dict]:
     """(loss, aux) on this device's clips; `train/step.py` says what `aux` holds."""
 
-  def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
-                 steps_per_epoch: int, total_steps: int | None = None) -> TrainState:
-    """The optimizer and schedule from the config, then the method's initial state."""
-    total_steps = total_steps or steps_per_epoch * int(config.train.num_epochs)
-    self.steps_per_epoch = steps_per_epoch
-    tx, self.schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+  def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array, tx: Any,
+                 steps_per_epoch: int) -> TrainState:
+    """The loop's entry point: the initial state for optimizer `tx` (the loop builds it and
+    the schedule from the config). `steps_per_epoch` lets a method place a checkpoint's
+    finished epochs on this run's step axis (auxSKD continuing the authors' run)."""
+    self.steps_per_epoch = int(steps_per_epoch)
     return self.create_state(config, rng, tx)
 
-  @property
-  def train_step(self) -> Callable:
-    """The pure step for `jax.pmap(..., axis_name='batch')` (one function object per method,
-    so jax's compilation cache recognises it across `fit` calls)."""
-    if self._step is None:
-      self._step = step_lib.make_train_step(self, self.schedule, make_clips=self.make_clips)
-    return self._step
+  def make_step(self, schedule: Callable[[Any], Any] | None = None) -> Callable:
+    """The pure step for `jax.pmap(..., axis_name=train.devices.AXIS)`; `schedule` only
+    reports the learning rate (the optimizer already holds it)."""
+    return step_lib.make_train_step(self, schedule)
 
   @classmethod
   def check(cls, config: ml_collections.ConfigDict) -> None:

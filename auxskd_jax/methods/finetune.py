@@ -26,19 +26,12 @@ class Finetune(base.Method):
   recipe = "clip"
   name = "finetune"
 
-  def __init__(self, config: ml_collections.ConfigDict, num_classes: int, *,
-               total_steps: int | None = None, make_clips=None):
-    """`total_steps` fixes the schedule's length (else the loop's)."""
-    super().__init__(config, make_clips)
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+    super().__init__(config)
     self.num_classes = int(num_classes)
-    self.total_steps = total_steps
     self.smoothing = float(config.finetune.get("label_smoothing", 0.0))
     self.model = encoder_lib.build_encoder(config, num_classes=self.num_classes,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
-
-  def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int,
-                 total_steps: int | None = None) -> TrainState:
-    return super().init_state(config, rng, steps_per_epoch, self.total_steps or total_steps)
 
   def initial_variables(self, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
     """Random init, then the backbone from train.init_from (if set; every backbone layer must

@@ -23,8 +23,8 @@ class VideoPace(base.Method):
   recipe = "pace"
   name = "VideoPace"
 
-  def __init__(self, config: ml_collections.ConfigDict, make_clips=None):
-    super().__init__(config, make_clips)
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
     self.model = encoder_lib.build_encoder(config, num_classes=config.clip.max_speed,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
 

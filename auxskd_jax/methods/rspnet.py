@@ -80,8 +80,8 @@ class RSPNet(momentum.MomentumTeacher, base.Method):
   recipe = "rspnet"
   name = "RSPNet"
 
-  def __init__(self, config: ml_collections.ConfigDict, make_clips=None):
-    super().__init__(config, make_clips)
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
     self.section = config.rspnet
     heads = {name: self.section.embed_dim for name in HEADS}
     self.model = encoder_lib.build_encoder(config, heads=heads,

@@ -66,8 +66,8 @@ class VCOP(base.Method):
   recipe = "vcop"
   name = "VCOP"
 
-  def __init__(self, config: ml_collections.ConfigDict, make_clips=None):
-    super().__init__(config, make_clips)
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
     section = config.get("vcop", None) or defaults.vcop()
     self.model = encoder_lib.build_encoder(config,
                                            bn_axis_name=encoder_lib.student_bn_axis(config))

@@ -20,8 +20,8 @@ class VSPP(base.Method):
   recipe = "vspp"
   name = "VSPP"
 
-  def __init__(self, config: ml_collections.ConfigDict, make_clips=None):
-    super().__init__(config, make_clips)
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
     self.model = encoder_lib.build_encoder(
         config, heads={"linear": config.clip.max_speed,
                        "linear_segment": config.clip.num_segments},

@@ -9,7 +9,7 @@ devices, data, the pmapped step with donated state, checkpoints (resumed automat
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from auxskd_jax import config as config_lib
 from auxskd_jax import data, ops
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.train import checkpoint as ckpt_lib
-from auxskd_jax.train import devices, preemption
+from auxskd_jax.train import devices, optim, preemption
 from auxskd_jax.train.logging import MetricLogger
 from auxskd_jax.train.state import TrainState
 
@@ -29,12 +29,12 @@ from auxskd_jax.train.state import TrainState
 class Method(Protocol):
   recipe: str  # the clip recipe it trains on (`ops.RECIPES`): the loader ships its windows
 
-  def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
-                 steps_per_epoch: int, total_steps: int | None = None) -> TrainState:
+  def init_state(self, config: ml_collections.ConfigDict, rng: jax.Array, tx: Any,
+                 steps_per_epoch: int) -> TrainState:
     ...
 
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
-                 key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  def make_step(self, schedule: Any) -> Callable[[TrainState, dict[str, jax.Array], jax.Array],
+                                                 tuple[TrainState, dict[str, jax.Array]]]:
     ...
 
 
@@ -156,7 +156,9 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str, *,
   source = open_train_source(config)
   steps_per_epoch, total_steps = schedule_lengths(config, len(source))
   init_rng, train_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  state = method.init_state(config, init_rng, steps_per_epoch, total_steps=total_steps)
+  # The loop builds the optimizer and schedule and hands them over: no call order is hidden.
+  tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+  state = method.init_state(config, init_rng, tx, steps_per_epoch)
 
   manager = ckpt_lib.make_manager(workdir, keep=config.train.keep_checkpoints)
   loader = make_train_loader(method.recipe, config, source)
@@ -173,7 +175,7 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str, *,
     manager.close()
     return state
 
-  p_step = jax.pmap(method.train_step, axis_name=devices.AXIS, donate_argnums=(0,))
+  p_step = jax.pmap(method.make_step(schedule), axis_name=devices.AXIS, donate_argnums=(0,))
   r_state = devices.replicate(state)
   r_key = devices.replicate(train_key)
   del state
