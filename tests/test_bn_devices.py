@@ -10,8 +10,8 @@ batch before the scatter (shuffled BN) and un-permuted after. Gradients are thos
 over the whole gathered batch (`kl_div(..., 'batchmean')`).
 
 - `train.bn=local` on N devices is their DataParallel on N GPUs at the same per-device batch:
-  identical outputs, loss, gradients, update, teacher and queue. The running statistics differ
-  by design: ours are the mean of the devices' (replicas stay identical), theirs device 0's.
+  identical outputs, loss, gradients, update, teacher and queue; the running statistics are the
+  mean of the devices', theirs device 0's. `train.bn=dataparallel` keeps device 0's: theirs.
 - `train.bn=sync` on N devices is their code on one GPU with the whole batch.
 """
 
@@ -237,10 +237,12 @@ def clips():
   return rng.uniform(0, 1, (BATCH, 2, T, S, S, 3)).astype(np.float32)
 
 
-def test_local_bn_is_their_data_parallel(clips):
-  """train.bn=local, shuffled teacher on 4 devices = their DataParallel on 4 GPUs, except the
-  running statistics: ours are the devices' mean, theirs the first replica's."""
-  config = make_config("local", "shuffle")
+@pytest.mark.parametrize("mode", ["local", "dataparallel"])
+def test_local_bn_is_their_data_parallel(clips, mode):
+  """train.bn=local / dataparallel, shuffled teacher on 4 devices = their DataParallel on 4
+  GPUs; the running statistics are the devices' mean under 'local', the first replica's (as
+  theirs) under 'dataparallel'."""
+  config = make_config(mode, "shuffle")
   state, new, metrics, perm = ours(config, clips)
   ref = torch_step(state, clips, perm, student_chunks=DEVICES, teacher_chunks=DEVICES,
                    config=config)
@@ -254,10 +256,13 @@ def test_local_bn_is_their_data_parallel(clips):
       single["student"].conv.weight).transpose(2, 3, 4, 1, 0)).max() > 100 * TOL["atol"]
   for name, (mean, var) in running_stats(new).items():
     replicas = ref["replicas"][name]
-    np.testing.assert_allclose(mean, np.mean([_np(r[0]) for r in replicas], 0), **STATS_TOL)
-    np.testing.assert_allclose(var, np.mean([_np(r[1]) for r in replicas], 0), **STATS_TOL)
-    # theirs: the first replica's, a different number (the documented difference)
-    assert np.abs(var - _np(replicas[0][1])).max() > 2e-5, name
+    first = (_np(replicas[0][0]), _np(replicas[0][1]))
+    average = (np.mean([_np(r[0]) for r in replicas], 0),
+               np.mean([_np(r[1]) for r in replicas], 0))
+    want, other = (first, average) if mode == "dataparallel" else (average, first)
+    np.testing.assert_allclose(mean, want[0], **STATS_TOL)
+    np.testing.assert_allclose(var, want[1], **STATS_TOL)
+    assert np.abs(var - other[1]).max() > 2e-5, name  # the two modes really differ
 
 
 def test_sync_bn_is_their_single_gpu_run(clips):

@@ -8,7 +8,8 @@ statistics come from its own forward). The teacher starts as a copy of the stude
 first EMA is a no-op on equal parameters; a stored teacher has had one EMA per completed step
 and equals the authors' at the same step, and continuing their checkpoint applies exactly
 their next EMA. Where the references are silent: the teacher's new batch statistics are
-averaged over devices after each step so replicas stay identical (theirs are the first GPU's).
+made one set after each step so replicas stay identical: the devices' mean, or device 0's as
+theirs under `train.bn='dataparallel'`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from auxskd_jax.train.state import TrainState
+from auxskd_jax.train.step import reduce_running_stats
 
 AXIS = "batch"
 TEACHER_BN = ("shuffle", "sync", "local")
@@ -109,14 +111,15 @@ def ema_teacher(state: TrainState, momentum: float) -> TrainState:
   return state.replace(extras=dict(state.extras, teacher=teacher))
 
 
-def update_teacher_and_queue(state: TrainState, teacher_stats: Any,
-                             keys: jax.Array) -> TrainState:
-  """After the optimizer step: the teacher's new BN statistics averaged over devices, and the
-  global batch of `keys` enqueued (identical on every device). The teacher's parameters were
-  EMA'd before the loss (`ema_teacher`)."""
+def update_teacher_and_queue(state: TrainState, teacher_stats: Any, keys: jax.Array,
+                             bn_mode: str = "sync") -> TrainState:
+  """After the optimizer step: the teacher's new BN statistics made one set for every replica
+  (device 0's under `train.bn='dataparallel'`, the devices' mean otherwise), and the global
+  batch of `keys` enqueued (identical on every device). The teacher's parameters were EMA'd
+  before the loss (`ema_teacher`)."""
   extras = state.extras
   teacher = {"params": extras["teacher"]["params"],
-             "batch_stats": jax.tree.map(lambda s: jax.lax.pmean(s, AXIS), teacher_stats)}
+             "batch_stats": reduce_running_stats(teacher_stats, bn_mode, AXIS)}
   queue, ptr = enqueue(extras["queue"], extras["queue_ptr"],
                        jax.lax.all_gather(keys, AXIS, tiled=True))
   return state.replace(extras=dict(extras, teacher=teacher, queue=queue, queue_ptr=ptr))
@@ -134,7 +137,8 @@ class MomentumTeacher:
   def after_update(self, old_state: TrainState, new_state: TrainState,
                    aux: dict[str, Any]) -> TrainState:
     del old_state
-    return update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"])
+    return update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"],
+                                    str(self.config.train.bn))
 
 
 def momentum_extras(encoder: dict[str, Any], queue: jax.Array) -> dict[str, Any]:

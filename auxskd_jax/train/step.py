@@ -56,6 +56,20 @@ def step_keys(base_key: jax.Array, step: jax.Array, axis_name: str = AXIS) -> St
                   shared=jax.random.fold_in(step_key, SHARED_STREAM))
 
 
+BN_MODES = ("sync", "local", "dataparallel")
+
+
+def reduce_running_stats(tree: Any, bn_mode: str, axis_name: str = AXIS) -> Any:
+  """One set of BN running statistics for every replica: device 0's under 'dataparallel' (the
+  authors' `nn.DataParallel` / DDP keep the first replica's), the devices' mean otherwise (a
+  no-op for synchronised BN, whose statistics are already the same everywhere)."""
+  if bn_mode == "dataparallel":
+    first = jax.lax.axis_index(axis_name) == 0
+    return jax.tree.map(lambda x: jax.lax.psum(jnp.where(first, x, jnp.zeros_like(x)),
+                                               axis_name), tree)
+  return jax.lax.pmean(tree, axis_name)
+
+
 def all_finite(tree: Any) -> jax.Array:
   """True when every floating-point leaf of `tree` is finite (a bool scalar)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -81,6 +95,7 @@ def make_train_step(method: Any, schedule: Callable[[Any], Any] | None = None, *
   else:
     clips_fn = lambda key, batch: make_clips(method.recipe, key, batch, method.config,
                                              train=True)
+  bn_mode = str(method.config.train.get("bn", "sync")) if "train" in method.config else "sync"
   before_loss = getattr(method, "before_loss", None)
   after_update = getattr(method, "after_update", None)
 
@@ -95,9 +110,8 @@ def make_train_step(method: Any, schedule: Callable[[Any], Any] | None = None, *
     (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
         state.params, state, clips, labels, keys)
     grads = jax.lax.pmean(grads, axis_name)
-    # A no-op for synchronised BN; keeps per-device BN replicas identical, so replica 0 is the
-    # whole state.
-    batch_stats = jax.lax.pmean(aux["batch_stats"], axis_name)
+    # Keeps per-device BN replicas identical, so replica 0 is the whole state.
+    batch_stats = reduce_running_stats(aux["batch_stats"], bn_mode, axis_name)
     new_state = state.apply_gradients(grads, batch_stats=batch_stats)
     if after_update is not None:
       new_state = after_update(state, new_state, aux)
