@@ -120,7 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
   c.train.init_from = ""  # checkpoint dir / .pth to initialise the backbone from
-  c.train.bn = "sync"  # "sync" (cross-device statistics) or "local"
+  # "sync" (statistics over all devices: the authors' one-GPU run), "local" (per device, the
+  # devices' mean running statistics) or "dataparallel" (per device, device 0's running
+  # statistics: their DataParallel at the same per-device batch); docs/FIDELITY.md.
+  c.train.bn = "sync"
   # A .pth with pickled objects other than argparse.Namespace is refused unless you trust it.
   c.train.trust_pickle = False
 

@@ -41,7 +41,8 @@ def init_scheme(config: ml_collections.ConfigDict) -> str:
 
 
 def student_bn_axis(config: ml_collections.ConfigDict) -> str | None:
-  """'sync' BN averages statistics over the pmap axis; 'local' keeps them per device."""
+  """'sync' BN averages statistics over the pmap axis; 'local' and 'dataparallel' keep them per
+  device (they differ in the running statistics kept, `train.step.reduce_running_stats`)."""
   return devices.AXIS if config.train.bn == "sync" else None
 
 

@@ -22,6 +22,7 @@ from auxskd_jax import data, ops
 from auxskd_jax.config import ConfigError, require
 from auxskd_jax.train import checkpoint as ckpt_lib
 from auxskd_jax.train import devices, optim, preemption
+from auxskd_jax.train import step as step_lib
 from auxskd_jax.train.logging import MetricLogger
 from auxskd_jax.train.state import TrainState
 
@@ -55,7 +56,8 @@ class NonFiniteLossError(FloatingPointError):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the loop needs: a batch that splits evenly over every device of every host."""
   require(config.train.batch_size > 0, "train.batch_size", "must be positive.")
-  require(config.train.bn in ("sync", "local"), "train.bn", "use 'sync' or 'local'.")
+  require(config.train.bn in step_lib.BN_MODES, "train.bn",
+          f"use one of {', '.join(repr(m) for m in step_lib.BN_MODES)}.")
   n = jax.device_count()
   b = config.train.batch_size
   if b % n:

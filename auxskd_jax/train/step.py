@@ -1,11 +1,14 @@
 """The one training step every method shares (flax `examples/imagenet`'s `train_step`,
-big_vision's `update_fn`): keys -> clips -> value_and_grad of the method's loss -> reduce over
-devices -> optimizer update -> the method's `after_update` -> metrics.
+big_vision's `update_fn`): keys -> clips -> the method's `before_loss` -> value_and_grad of the
+method's loss -> reduce over devices -> optimizer update -> the method's `after_update` ->
+metrics.
 
 A method (see `auxskd_jax/methods/base.py`) supplies only what is specific to it:
 `loss(params, state, clips, labels, keys) -> (loss, aux)` and optionally
-`after_update(old_state, new_state, aux) -> new_state` (auxSKD's EMA and queue, RSPNet's momentum
-encoder). `aux` is a dict: `batch_stats` (the new BN statistics, same tree as
+`before_loss(state) -> state` (the momentum teachers' EMA, which the references run right before
+the teacher's forward) and `after_update(old_state, new_state, aux) -> new_state` (their queue
+and teacher BN statistics). The state `before_loss` returns is the one the loss reads and the
+optimizer updates. `aux` is a dict: `batch_stats` (the new BN statistics, same tree as
 `state.batch_stats`), `metrics` (scalars to log), and anything `after_update` needs.
 
 Random keys. Every key of a step is reached by its own path from the run's base key, so no two
@@ -54,6 +57,20 @@ def step_keys(base_key: jax.Array, step: jax.Array, axis_name: str = AXIS) -> St
                   shared=jax.random.fold_in(step_key, SHARED_STREAM))
 
 
+BN_MODES = ("sync", "local", "dataparallel")
+
+
+def reduce_running_stats(tree: Any, bn_mode: str, axis_name: str = AXIS) -> Any:
+  """One set of BN running statistics for every replica: device 0's under 'dataparallel' (the
+  authors' `nn.DataParallel` / DDP keep the first replica's), the devices' mean otherwise (a
+  no-op for synchronised BN, whose statistics are already the same everywhere)."""
+  if bn_mode == "dataparallel":
+    first = jax.lax.axis_index(axis_name) == 0
+    return jax.tree.map(lambda x: jax.lax.psum(jnp.where(first, x, jnp.zeros_like(x)),
+                                               axis_name), tree)
+  return jax.lax.pmean(tree, axis_name)
+
+
 def all_finite(tree: Any) -> jax.Array:
   """True when every floating-point leaf of `tree` is finite (a bool scalar)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -79,20 +96,23 @@ def make_train_step(method: Any, schedule: Callable[[Any], Any] | None = None, *
   else:
     clips_fn = lambda key, batch: make_clips(method.recipe, key, batch, method.config,
                                              train=True)
+  bn_mode = str(method.config.train.get("bn", "sync")) if "train" in method.config else "sync"
+  before_loss = getattr(method, "before_loss", None)
   after_update = getattr(method, "after_update", None)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array],
                  base_key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     keys = step_keys(base_key, state.step, axis_name)
+    if before_loss is not None:
+      state = before_loss(state)
     clips, labels = clips_fn(keys.clips, batch)
     if "mask" in batch:  # padding rows of a final partial batch count for nothing
       labels = dict(labels, mask=batch["mask"])
     (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
         state.params, state, clips, labels, keys)
     grads = jax.lax.pmean(grads, axis_name)
-    # A no-op for synchronised BN; keeps per-device BN replicas identical, so replica 0 is the
-    # whole state.
-    batch_stats = jax.lax.pmean(aux["batch_stats"], axis_name)
+    # Keeps per-device BN replicas identical, so replica 0 is the whole state.
+    batch_stats = reduce_running_stats(aux["batch_stats"], bn_mode, axis_name)
     new_state = state.apply_gradients(grads, batch_stats=batch_stats)
     if after_update is not None:
       new_state = after_update(state, new_state, aux)
