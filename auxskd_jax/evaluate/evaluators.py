@@ -66,21 +66,15 @@ class SplitFeatures:
   """Features of a labelled gallery split and query split from one Extractor (compiled once).
 
   Shared by the k-NN monitor, retrieval and the linear probe: `__call__(variables)` returns
-  the Extractor's dicts `(gallery, queries)`.
+  the Extractor's dicts `(gallery, queries)`. Built by `feature_splits` from a config.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, model: Any, *, data_dir: str,
-               name: str, gallery_split: str, query_split: str, key: str = "data.name",
-               feature_layer: str = "pool", clip_mean: bool = True,
-               num_clips: int | None = None, batch_size: int | None = None,
-               max_videos: int = 0):
-    self.gallery = features.subset(open_labelled(data_dir, name, gallery_split, key), max_videos)
-    self.queries = features.subset(open_labelled(data_dir, name, query_split, key), max_videos)
-    self.num_classes = int(self.gallery.num_classes)
+  def __init__(self, extractor: features.Extractor, gallery: Any, queries: Any, *,
+               num_clips: int | None = None, batch_size: int | None = None):
+    self.extractor, self.gallery, self.queries = extractor, gallery, queries
+    self.num_classes = int(gallery.num_classes)
     self.num_clips, self.batch_size = num_clips, batch_size
-    self.feature_layer = feature_layer
-    self.extractor = features.Extractor(model, config, feature_layer=feature_layer,
-                                        clip_mean=clip_mean)
+    self.feature_layer = extractor.feature_layer
 
   def __call__(self, variables: dict[str, Any]) -> tuple[dict[str, np.ndarray],
                                                           dict[str, np.ndarray]]:
@@ -89,23 +83,30 @@ class SplitFeatures:
             self.extractor(variables, self.queries, **kwargs))
 
 
+def feature_splits(config: ml_collections.ConfigDict, model: Any, *, data_dir: str, name: str,
+                   gallery_split: str, query_split: str, key: str = "data.name",
+                   feature_layer: str = "pool", clip_mean: bool = True,
+                   num_clips: int | None = None, batch_size: int | None = None,
+                   max_videos: int = 0) -> SplitFeatures:
+  """`SplitFeatures` of two labelled splits of `name` (at most `max_videos` each); `key` is
+  the config key named when a split has no labels."""
+  return SplitFeatures(
+      features.Extractor(model, config, feature_layer=feature_layer, clip_mean=clip_mean),
+      features.subset(open_labelled(data_dir, name, gallery_split, key), max_videos),
+      features.subset(open_labelled(data_dir, name, query_split, key), max_videos),
+      num_clips=num_clips, batch_size=batch_size)
+
+
 class FinetuneValidation:
-  """Fine-tuning's periodic clip-level validation (`finetune.val_clips` centre clips per video
-  of `finetune.val_split`, '' = data.test_split), every `eval.every_epochs` epochs."""
+  """Fine-tuning's periodic clip-level validation: `num_clips` centre clips per video of
+  `source`, every `every_steps` steps (`_make_val` reads them from the config)."""
   name = "val"
 
-  def __init__(self, config: ml_collections.ConfigDict, num_classes: int, *,
-               steps_per_epoch: int, extractor: features.Extractor | None = None,
-               source: Any = None):
-    """`extractor`: one made `with_logits` for a model with a `num_classes` `linear` head (built
-    here if not given; pass fine-tuning's test extractor to compile once)."""
-    split = config.finetune.val_split or config.data.test_split
-    self.source = source if source is not None else open_labelled(
-        config.data.data_dir, config.data.name, split, "finetune.val_split")
-    self.every_steps = max(1, int(round(config.eval.every_epochs * steps_per_epoch)))
-    self.num_clips = int(config.finetune.val_clips)
-    self.extractor = extractor or features.Extractor(
-        encoder_lib.build_encoder(config, num_classes=num_classes), config, with_logits=True)
+  def __init__(self, extractor: features.Extractor, source: Any, *, every_steps: int,
+               num_clips: int):
+    """`extractor`: made `with_logits` for the model with its `linear` head."""
+    self.extractor, self.source = extractor, source
+    self.every_steps, self.num_clips = int(every_steps), int(num_clips)
 
   def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
     val = self.extractor(variables, self.source, num_clips=self.num_clips)
@@ -115,25 +116,16 @@ class FinetuneValidation:
 class KnnMonitor:
   """k-NN top-1 on frozen backbone features of a labelled set, for watching pretraining.
 
-  Gallery: `eval.knn.train_split`, queries: `eval.knn.test_split` of `eval.knn.data_name`
-  (default data.name), at most `max_videos` each, `num_clips` centre clips per video averaged.
-  Cosine similarity; a weighted vote of the `k` nearest (`temperature`, see `defaults.knn`).
-  Metrics: `top1` (the k-NN classifier) and `retrieval_top1` (the nearest neighbour shares the
-  query's class: retrieval top-1).
+  Cosine similarity between the queries' and the gallery's clip-averaged features; a weighted
+  vote of the `k` nearest (`temperature`). Metrics: `top1` (the k-NN classifier) and
+  `retrieval_top1` (the nearest neighbour shares the query's class: retrieval top-1).
+  `_make_knn` builds it from `config.eval.knn` (defaults `defaults.knn`).
   """
   name = "knn"
 
-  def __init__(self, config: ml_collections.ConfigDict, *, model: Any = None):
-    kc = knn_config(config)
-    validate_knn(config)
-    self.k, self.temperature = int(kc.k), float(kc.temperature)
-    self.every_steps = int(kc.every_steps)
-    self.splits = SplitFeatures(
-        config, model if model is not None else encoder_lib.build_encoder(config),
-        data_dir=kc.data_dir or config.data.data_dir, name=kc.data_name or config.data.name,
-        gallery_split=kc.train_split, query_split=kc.test_split, key="eval.knn.data_name",
-        feature_layer=kc.feature_layer, num_clips=int(kc.num_clips),
-        batch_size=int(kc.batch_size) or None, max_videos=int(kc.max_videos))
+  def __init__(self, splits: SplitFeatures, *, k: int, temperature: float, every_steps: int):
+    self.splits = splits
+    self.k, self.temperature, self.every_steps = int(k), float(temperature), int(every_steps)
 
   def __call__(self, variables: dict[str, Any], step: int) -> dict[str, float]:
     gallery, queries = self.splits(variables)
@@ -144,25 +136,20 @@ class KnnMonitor:
 
 
 class Retrieval:
-  """The retrieval protocol: test videos (queries) search the train videos (gallery) of
-  data.name by cosine similarity of their clip-averaged features (`clip.eval_clips` clips,
-  layer `eval.feature_layer`); a hit when any of the top k shares the query's class.
+  """The retrieval protocol: the query videos search the gallery videos by cosine similarity
+  of their clip-averaged features; a hit when any of the top k shares the query's class.
 
-  Metrics `top{k}` for k in `eval.topk`. After a call, `num_gallery`, `num_queries` and
+  Metrics `top{k}` for k in `ks`. After a call, `num_gallery`, `num_queries` and
   `feature_dim` describe what was measured. `every_steps=0`: only at the end of training.
+  `retrieval_from_config` builds the protocol's (test searches train of data.name,
+  `clip.eval_clips` clips, layer `eval.feature_layer`, `eval.topk`).
   """
   name = "retrieval"
 
-  def __init__(self, config: ml_collections.ConfigDict, *, model: Any = None,
+  def __init__(self, splits: SplitFeatures, *, ks: tuple[int, ...] = DEFAULT_KS,
                every_steps: int = 0):
-    self.ks = tuple(int(k) for k in config.eval.get("topk", DEFAULT_KS))
-    self.every_steps = int(every_steps)
-    self.feature_layer = str(config.eval.get("feature_layer", "pool"))
-    self.splits = SplitFeatures(
-        config, model if model is not None else encoder_lib.build_encoder(config),
-        data_dir=config.data.data_dir, name=config.data.name,
-        gallery_split=config.data.train_split, query_split=config.data.test_split,
-        feature_layer=self.feature_layer)
+    self.splits, self.ks, self.every_steps = splits, tuple(int(k) for k in ks), int(every_steps)
+    self.feature_layer = splits.feature_layer
     self.num_gallery = self.num_queries = self.feature_dim = 0
 
   def scores(self, variables: dict[str, Any]) -> dict[int, float]:
@@ -177,26 +164,59 @@ class Retrieval:
     return {f"top{k}": v for k, v in self.scores(variables).items()}
 
 
+def retrieval_from_config(config: ml_collections.ConfigDict, model: Any = None, *,
+                          every_steps: int = 0) -> Retrieval:
+  """The retrieval protocol as the config sets it (the `retrieval` task and evaluator)."""
+  splits = feature_splits(
+      config, model if model is not None else encoder_lib.build_encoder(config),
+      data_dir=config.data.data_dir, name=config.data.name,
+      gallery_split=config.data.train_split, query_split=config.data.test_split,
+      feature_layer=str(config.eval.get("feature_layer", "pool")))
+  return Retrieval(splits, ks=tuple(config.eval.get("topk", DEFAULT_KS)),
+                   every_steps=every_steps)
+
+
 def _make_val(config: ml_collections.ConfigDict, *, num_classes: int | None = None,
               steps_per_epoch: int | None = None, extractor: Any = None,
               **_: Any) -> FinetuneValidation:
+  """`finetune.val_clips` centre clips per video of `finetune.val_split` ('' = the test
+  split), every `eval.every_epochs` epochs; `extractor`: fine-tuning's test extractor (one
+  compile), else one is built for a `num_classes` head."""
   if num_classes is None or steps_per_epoch is None:
     raise ValueError("the 'val' evaluator needs num_classes and steps_per_epoch (fine-tuning's "
                      "run passes them to build_evaluators).")
-  return FinetuneValidation(config, num_classes, steps_per_epoch=steps_per_epoch,
-                            extractor=extractor)
+  split = config.finetune.val_split or config.data.test_split
+  source = open_labelled(config.data.data_dir, config.data.name, split, "finetune.val_split")
+  extractor = extractor or features.Extractor(
+      encoder_lib.build_encoder(config, num_classes=num_classes), config, with_logits=True)
+  return FinetuneValidation(
+      extractor, source, every_steps=max(1, int(round(config.eval.every_epochs * steps_per_epoch))),
+      num_clips=int(config.finetune.val_clips))
 
 
 def _make_knn(config: ml_collections.ConfigDict, **_: Any) -> KnnMonitor:
-  return KnnMonitor(config)
+  """Gallery `eval.knn.train_split`, queries `eval.knn.test_split` of `eval.knn.data_name`
+  (default data.name), at most `max_videos` each, `num_clips` centre clips averaged."""
+  validate_knn(config)
+  kc = knn_config(config)
+  splits = feature_splits(
+      config, encoder_lib.build_encoder(config),
+      data_dir=kc.data_dir or config.data.data_dir, name=kc.data_name or config.data.name,
+      gallery_split=kc.train_split, query_split=kc.test_split, key="eval.knn.data_name",
+      feature_layer=kc.feature_layer, num_clips=int(kc.num_clips),
+      batch_size=int(kc.batch_size) or None, max_videos=int(kc.max_videos))
+  return KnnMonitor(splits, k=int(kc.k), temperature=float(kc.temperature),
+                    every_steps=int(kc.every_steps))
 
 
 def _make_retrieval(config: ml_collections.ConfigDict, **_: Any) -> Retrieval:
-  return Retrieval(config, every_steps=int(config.eval.get("retrieval_every_steps", 0)))
+  return retrieval_from_config(config,
+                               every_steps=int(config.eval.get("retrieval_every_steps", 0)))
 
 
-# name -> factory(config, **context) -> Evaluator. Context keys a factory may use:
-# num_classes, steps_per_epoch, extractor; others are ignored.
+# name -> factory(config, **context) -> Evaluator: the factories are the only code here that
+# reads the config. Context keys a factory may use: num_classes, steps_per_epoch, extractor;
+# others are ignored.
 EVALUATORS: dict[str, Callable[..., Evaluator]] = {
     "val": _make_val,
     "knn": _make_knn,

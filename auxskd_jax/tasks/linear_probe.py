@@ -35,7 +35,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   chief, path, model, variables = common.start_feature_task(config, workdir)
   layer = str(config.eval.get("feature_layer", "pool"))
-  splits = evaluators.SplitFeatures(
+  splits = evaluators.feature_splits(
       config, model, data_dir=config.data.data_dir, name=config.data.name,
       gallery_split=config.data.train_split, query_split=config.data.test_split,
       feature_layer=layer, clip_mean=not config.probe.per_clip)

@@ -39,7 +39,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Extracts video features of both splits, scores retrieval, writes results and a plot."""
   chief, path, model, variables = common.start_feature_task(config, workdir)
-  retrieval = evaluators.Retrieval(config, model=model)
+  retrieval = evaluators.retrieval_from_config(config, model)
   acc = retrieval.scores(variables)
   metrics = {f"top{k}": v for k, v in acc.items()}
   record = report.make_record(
