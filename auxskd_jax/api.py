@@ -154,8 +154,9 @@ def load_backbone(path: str | os.PathLike, *, model_name: str | None = None,
     found.update(_run_config(path) or {})
   model_name = model_name or found["model"].get("name")
   if not model_name:
-    raise ConfigError(f"load_backbone: cannot tell which backbone {path!r} holds (no "
-                      f"config.json beside it); pass model_name=, one of {list(models.NAMES)}.")
+    why = "its keys match no backbone" if os.path.isfile(path) else "no config.json beside it"
+    raise ConfigError(f"load_backbone: cannot tell which backbone {path!r} holds ({why}); "
+                      f"pass model_name=, one of {list(models.NAMES)}.")
   config = _config(model_name, width or found["model"].get("width") or 64,
                    clip_len or found["clip"].get("clip_len") or 16,
                    crop_size or found["clip"].get("crop_size") or 112,
