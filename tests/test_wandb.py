@@ -10,12 +10,13 @@ import os
 import struct
 import subprocess
 import sys
+import types
 
 import pytest
 
 from auxskd_jax import config as config_lib
 from auxskd_jax import tasks
-from auxskd_jax.errors import ConfigError
+from auxskd_jax.errors import ConfigError, UserError
 from auxskd_jax.train import logging as train_logging
 from auxskd_jax.train.logging import MetricLogger
 from tests.tiny import tiny_config
@@ -34,6 +35,21 @@ def test_wandb_without_the_extra_fails_at_validation(monkeypatch):
   message = str(e.value)
   assert "\n" not in message and "--config.logging.wandb" in message
   assert "pip install 'auxskd-jax[wandb]'" in message
+
+
+def test_a_run_wandb_cannot_start_is_one_line(monkeypatch, tmp_path):
+  def refuse(**kwargs):
+    raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\n"
+                       "more detail")
+
+  monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=refuse))
+  config = config_lib.base_config()
+  config.logging.wandb = True
+  with pytest.raises(UserError) as e:
+    train_logging.make_trackers(config, str(tmp_path / "run"))
+  message = str(e.value)
+  assert "\n" not in message and "api_key not configured" in message
+  assert "wandb login" in message and "WANDB_MODE=offline" in message
 
 
 def _records(path: str, block: int = 32768):

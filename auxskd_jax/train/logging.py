@@ -21,7 +21,7 @@ import ml_collections
 from absl import logging as absl_logging
 
 from auxskd_jax import config as config_lib
-from auxskd_jax.errors import ConfigError
+from auxskd_jax.errors import ConfigError, UserError
 
 WANDB_INSTALL = "pip install 'auxskd-jax[wandb]'"
 
@@ -138,7 +138,8 @@ class WandbWriter:
   MetricLogger writes, under the same names (`train/loss`, `knn/top1`, ...) and steps.
 
   The run's id is kept in `<workdir>/wandb_run_id`, so a resumed workdir continues the same
-  W&B run. Files go under the workdir unless WANDB_DIR says where; WANDB_MODE=offline keeps
+  W&B run (the steps it redoes after its checkpoint, W&B already has: it keeps the first
+  values and drops the redone ones). Files go under the workdir unless WANDB_DIR says where; WANDB_MODE=offline keeps
   the run on disk (`wandb sync` uploads it later).
   """
 
@@ -154,13 +155,19 @@ class WandbWriter:
       with open(id_path) as f:
         run_id = f.read().strip()
     run_id = run_id or secrets.token_hex(4)
-    self._run = wandb.init(
-        project=str(section.get("wandb_project", "")) or None,
-        entity=str(section.get("wandb_entity", "")) or None,
-        name=str(section.get("wandb_name", "")) or os.path.basename(os.path.abspath(workdir)),
-        dir=None if os.environ.get("WANDB_DIR") else workdir,
-        config=config_lib.json_tree(config), id=run_id, resume="allow")
     os.makedirs(workdir, exist_ok=True)
+    try:
+      self._run = wandb.init(
+          project=str(section.get("wandb_project", "")) or None,
+          entity=str(section.get("wandb_entity", "")) or None,
+          name=str(section.get("wandb_name", "")) or os.path.basename(os.path.abspath(workdir)),
+          dir=None if os.environ.get("WANDB_DIR") else workdir,
+          config=config_lib.json_tree(config), id=run_id, resume="allow")
+    except Exception as e:  # not logged in, no network, a bad entity: wandb's own errors
+      first = (str(e).strip().splitlines() or [""])[0]
+      raise UserError(f"--config.logging.wandb=True: Weights & Biases could not start a run "
+                      f"({type(e).__name__}: {first}); run `wandb login`, set WANDB_MODE=offline "
+                      "(`wandb sync` uploads later), or set --config.logging.wandb=False.") from e
     with open(id_path, "w") as f:
       f.write(run_id)
 
