@@ -100,6 +100,16 @@ def test_authors_auxskd_pth_gives_their_models_features(tmp_path):
     theirs = student(bgr.permute(3, 0, 1, 2)[None], features_only=True)[0].numpy()
   np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * np.abs(theirs).max())
 
+  # Their VSPP file (a DataParallel state dict with two heads): the backbone, heads left out.
+  vspp = str(tmp_path / "epoch_segment_self_f-10.pth.tar")
+  torch.save(reference_torch.vspp_checkpoint("r3d_10", width=8), vspp)
+  loaded = ax.load_backbone(vspp, clip_len=8, crop_size=16)
+  assert (loaded.name, loaded.width) == ("r3d_10", 8)
+  assert loaded.report.format.startswith("PyTorch DataParallel")
+  assert {"params/linear/kernel", "params/linear_segment/bias"} <= set(loaded.report.unused)
+  with pytest.raises(ConfigError, match="r21d_10"):  # told another backbone: named layers
+    ax.load_backbone(vspp, model_name="r21d_10", width=8)
+
 
 def test_knn_retrieval_and_nearest():
   gallery = np.array([[1, 0], [0, 1], [1, 0.1], [-1, 0]], np.float32)
