@@ -61,6 +61,19 @@ def test_run_checkpoint_loads_and_embeds_frames_and_files(saved, tmp_path):
   np.testing.assert_allclose(from_file[1], feats[0], rtol=1e-5, atol=1e-6)
 
 
+def test_layers_pooled_and_conv5_maxpool(saved):
+  backbone, _ = saved
+  video = _videos(1)[0]
+  np.testing.assert_array_equal(ax.embed(backbone, video, layer="pooled", num_clips=2),
+                                ax.embed(backbone, video, layer="pool", num_clips=2))
+  wide = ax.init_backbone("r3d_10", width=8, clip_len=8, crop_size=32)  # conv5 is 1 x 2 x 2
+  dim = wide.feature_dim("conv5_maxpool")
+  assert dim == 64 == wide.feature_dim("pool")  # 64 channels max-pooled to 1 x 1 x 1
+  feats = ax.embed(wide, _videos(2, 8, wide.frame_size), layer="conv5_maxpool", num_clips=1)
+  pooled = ax.embed(wide, _videos(2, 8, wide.frame_size), layer="pool", num_clips=1)
+  assert feats.shape == (2, dim) and np.all(feats >= pooled - 1e-5)  # max >= mean of one map
+
+
 def test_bad_inputs_say_what_to_do(saved, tmp_path):
   backbone, _ = saved
   with pytest.raises(ValueError, match="layer 'fc7'"):
