@@ -41,9 +41,9 @@ def test_show_config_prints_keys_defaults_and_help_and_does_nothing(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   assert lines[0].startswith("# resolved config of ") and "vspp_r21d_k100.py" in lines[0]
-  by_key = {}  # key -> its line with the help's continuation lines
+  by_key, key = {}, None  # key -> its line with the help's continuation lines
   for line in lines[1:]:
-    if line.startswith(" "):
+    if line.startswith(" ") and key is not None:
       by_key[key] += " " + line.strip().lstrip("# ")
     else:
       key = line.split(" = ")[0]

@@ -5,6 +5,7 @@ the same W&B run. The wandb tests skip when wandb is not installed (it is not in
 extra: `pip install 'auxskd-jax[wandb]'`)."""
 
 import glob
+import importlib.util
 import json
 import os
 import struct
@@ -133,6 +134,8 @@ def test_offline_run_holds_the_scalars_and_config(offline, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None,  # before tiny_prepared is built
+                    reason="wandb is not installed (pip install 'auxskd-jax[wandb]')")
 def test_training_run_logs_to_wandb(offline, tmp_path, tiny_prepared):
   """Through main.py: the loop hands the tracker every scalar it writes (process 0)."""
   data_dir, name = tiny_prepared
