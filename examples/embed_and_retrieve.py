@@ -8,7 +8,8 @@
 It writes a few videos of the demo's four motion classes (auxskd_jax/demo) into --workdir,
 embeds the train and test videos (PyAV decodes them), and scores the test videos as queries
 against the train videos: top-k retrieval and k-NN accuracy, and each query's nearest video.
-A random backbone scores about chance; a pretrained one should do better.
+A random backbone scores about chance (0.25 for k-NN); compare a pretrained one's (the full
+demo's `runs/demo/pretrain/auxskd_vspp`, say). The videos are few, so the numbers are noisy.
 """
 
 from __future__ import annotations
