@@ -32,7 +32,7 @@ RESUME_FREE_KEYS = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "distributed.coordinator_address", "distributed.process_id", "distributed.num_processes",
     "distributed.initialization_timeout", "distributed.local_device_ids",
-    "distributed.heartbeat_timeout", "distributed.first_collective_timeout",
+    "distributed.heartbeat_timeout", "distributed.first_collective_timeout", "logging",
 )
 
 
@@ -138,10 +138,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluators = ()
   c.eval.knn = defaults.knn()
   c.eval.every_epochs = 1
+
+  # Experiment trackers beside TensorBoard and metrics.jsonl, written by process 0 only.
+  c.logging = ml_collections.ConfigDict()
+  # Also log the training scalars and the resolved config to Weights & Biases (needs
+  # pip install 'auxskd-jax[wandb]'; WANDB_MODE=offline keeps the run on disk).
+  c.logging.wandb = False
+  c.logging.wandb_project = "auxskd-jax"  # the W&B project the runs go to
+  c.logging.wandb_entity = ""  # the W&B team or user ("" = your default entity)
+  c.logging.wandb_name = ""  # the W&B run's name ("" = the workdir's name)
   return c
 
 
-def _json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as config.json holds it (tuples become lists, unknown types strings)."""
   return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
 
@@ -153,7 +162,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   path = os.path.join(workdir, "config.json")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(_json_tree(config), f, indent=2, sort_keys=True)
+    json.dump(json_tree(config), f, indent=2, sort_keys=True)
   os.replace(tmp, path)
   return path
 
@@ -186,7 +195,7 @@ def resume_overrides(config: ml_collections.ConfigDict) -> list[str]:
   """The keys listed in --config.resume_overrides; each must name a key or section."""
   text = str(config.get("resume_overrides", "") or "")
   names = [n.strip().removeprefix("config.") for n in text.split(",") if n.strip()]
-  known = flatten(_json_tree(config))
+  known = flatten(json_tree(config))
   for name in names:
     require(any(_covered(k, (name,)) for k in known), "resume_overrides",
             f"{name!r} is not a config key or section; list the keys meant to change, "
@@ -219,7 +228,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
     raise ConfigError(f"{path} is unreadable ({e}); move it away to resume without the check, "
                       "or use another --workdir.") from None
   allowed = tuple(RESUME_FREE_KEYS) + tuple(resume_overrides(config) if allow is None else allow)
-  now = flatten(_json_tree(config))
+  now = flatten(json_tree(config))
   new_keys = sorted(k for k in set(now) - set(saved) if not _covered(k, allowed))
   if new_keys:
     logging.warning("Resuming %s: its config.json predates the keys %s (taken as configured).",

@@ -168,6 +168,7 @@ def test_load_torch_checkpoint(tmp_path, monkeypatch):
 
 def test_importing_models_and_convert_needs_neither_torch_nor_tensorflow():
   code = ("import sys; from auxskd_jax import models; from auxskd_jax.weights import convert; "
+          "import auxskd_jax.api; "  # the Python API too (models, weights, evaluate, train)
           "bad = [m for m in ('torch', 'tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

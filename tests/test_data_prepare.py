@@ -143,6 +143,34 @@ def test_frame_list(tmp_path):
   assert [synthetic.decode_index(f) for f in src.read_frames(i, range(5))] == list(range(5))
 
 
+def test_frame_list_reads_the_authors_k100_list_form(tmp_path):
+  """Their auxSKD/list/k100.list: unlabelled lines `<class>/<youtube id>_<start>_<end> <frames>`
+  naming frame folders one class folder down."""
+  from PIL import Image
+
+  frames_dir = tmp_path / "k100_frames"
+  lines = []
+  for v, (cls, vid, n) in enumerate((("playing_piano", "JAs8e3NTz3Y_000020_000030", 6),
+                                     ("shooting_goal_(soccer)", "a-b_C_000001_000011", 5))):
+    folder = frames_dir / cls / vid
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(synthetic.index_frames(n, 32, 40, tint=v)):
+      Image.fromarray(frame).save(folder / f"frame{i + 1:06d}.jpg", quality=95)
+    lines.append(f"{cls}/{vid} {n}")
+  (tmp_path / "k100.list").write_text("\n".join(lines) + "\n")
+  config = _prepare_config(builder="frame_list", source_dir=str(frames_dir), resize=(),
+                           list_files=str(tmp_path / "k100.list"),
+                           data_dir=str(tmp_path / "data"))
+  report = prepare.run(config, "")
+  assert report["written"] == {"train": 2} and report["skipped_count"] == 0
+  ids, src = _ids(config.data_dir, "frame_list/default", "train")
+  assert ids == {"playing_piano/JAs8e3NTz3Y_000020_000030": -1,
+                 "shooting_goal_(soccer)/a-b_C_000001_000011": -1}
+  assert src.class_names is None
+  i = list(ids).index("playing_piano/JAs8e3NTz3Y_000020_000030")
+  assert [synthetic.decode_index(f) for f in src.read_frames(i, range(6))] == list(range(6))
+
+
 def test_errors_for_missing_source_and_empty_result(tmp_path):
   config = _prepare_config(builder="video_folder", source_dir=str(tmp_path / "nope"),
                            data_dir=str(tmp_path / "data"))

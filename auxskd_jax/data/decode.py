@@ -36,6 +36,11 @@ def _resize(frame: np.ndarray, size: Sequence[int] | None) -> np.ndarray:
   return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
 
 
+def resize_frames(frames: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """uint8 `[T, H, W, 3]` frames resized (bilinear) to `size` (H, W), as decoding resizes."""
+  return np.stack([_resize(np.asarray(f), size) for f in frames])
+
+
 @dataclasses.dataclass
 class DecodedVideo:
   """What decoding one source video gave.

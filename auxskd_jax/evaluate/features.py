@@ -158,6 +158,16 @@ class Extractor:
     result["labels"] = result.pop("label")
     return _gather_processes(result)
 
+  def run_batches(self, variables: Any,
+                  batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Features of ready-made host batches in this process alone (videos decoded in memory,
+    `auxskd_jax.api.embed`): each batch holds `windows` uint8 `[b, E, W, H, W_px, 3]`,
+    `label`, `index` and `starts` (and optionally `mask`), as the loader's do. Returns what
+    `__call__` returns, in batch order, without gathering other processes' videos."""
+    result = _run(self._step, variables, batches)
+    result["labels"] = result.pop("label")
+    return result
+
 
 class Subset:
   """Videos `indices` of a VideoSource as a source of their own (the loader reads `len`,

@@ -149,3 +149,31 @@ def knn_accuracy(query_features: np.ndarray | jax.Array, query_labels: np.ndarra
                                                    temperature=float(temperature),
                                                    num_classes=num_classes), q, ql, chunk_size)
   return float(jax.device_get(correct.astype(jnp.float32).mean()))
+
+
+def _chunk_nearest(queries: jax.Array, gallery: jax.Array, k: int) -> jax.Array:
+  """`[chunk, 2, k]`: similarities and indices (as float32: exact below 2**24 gallery items)
+  of the k most similar items, in one array for `_chunked`."""
+  sims, nearest_ = jax.lax.top_k(queries @ gallery.T, k)
+  return jnp.stack([sims, nearest_.astype(jnp.float32)], axis=1)
+
+
+_chunk_nearest_jit = jax.jit(_chunk_nearest, static_argnames=("k",))
+
+
+def nearest(query_features: np.ndarray | jax.Array, gallery_features: np.ndarray | jax.Array,
+            k: int = 5, *, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """(indices `[Q, k]` int64, cosine similarities `[Q, k]`) of each query's k most similar
+  gallery items, most similar first; ties go to the lower gallery index, as in
+  `topk_accuracy`. `k` above the gallery size is clipped to it."""
+  q = jnp.asarray(query_features, jnp.float32)
+  g = jnp.asarray(gallery_features, jnp.float32)
+  _check(q, jnp.zeros(q.shape[:1], jnp.int32), g, jnp.zeros(g.shape[:1], jnp.int32), "nearest")
+  if int(k) < 1:
+    raise ValueError(f"nearest: k must be at least 1; got {k}.")
+  kk = min(int(k), g.shape[0])
+  q, g = _normalize(q), _normalize(g)
+  out = _chunked(lambda qc, _: _chunk_nearest_jit(qc, g, k=kk), q,
+                 jnp.zeros(q.shape[:1], jnp.int32), chunk_size)
+  out = np.asarray(jax.device_get(out))
+  return out[:, 1].astype(np.int64), out[:, 0]

@@ -15,6 +15,7 @@ from auxskd_jax.data import checks as data_checks
 from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.evaluate import evaluators
 from auxskd_jax.train import encoder as encoder_lib
+from auxskd_jax.train import logging as train_logging
 from auxskd_jax.train import optim
 
 INIT_KEYS = ("train.init_from", "eval.init_from")
@@ -28,6 +29,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     ops.validate("clip", config)  # the clip and augment values every recipe needs
   if "optim" in config:
     optim.validate(config)
+  train_logging.validate(config)  # logging.wandb needs wandb installed
   config_lib.resume_overrides(config)
 
 

@@ -1,5 +1,6 @@
 """Training logs: TensorBoard event files (tensorboardX, no TensorFlow), `metrics.jsonl` for
-report plots, and a periodic console line with step, loss, clips/s and ETA.
+report plots, a periodic console line with step, loss, clips/s and ETA, and optional trackers
+(`logging.wandb=True`: Weights & Biases) that get the same scalars and the resolved config.
 
 A resumed run redoes the steps after its checkpoint, so both logs drop what was written after
 it: `metrics.jsonl` is rewritten (atomically) without those rows, and TensorBoard is told to
@@ -11,11 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 from typing import Any, Mapping, Sequence
 
+import ml_collections
 from absl import logging as absl_logging
+
+from auxskd_jax import config as config_lib
+from auxskd_jax.errors import ConfigError, UserError
+
+WANDB_INSTALL = "pip install 'auxskd-jax[wandb]'"
 
 # Libraries whose INFO lines drown the progress lines (orbax logs every save and restore; jax
 # says at start which backends it did not find). Their warnings still show.
@@ -106,6 +114,73 @@ class MetricLogger:
     if self._writer is not None:
       self._writer.flush()
       self._writer.close()
+
+
+def _wandb_enabled(config: ml_collections.ConfigDict) -> bool:
+  section = config.get("logging", None)
+  return bool(section is not None and section.get("wandb", False))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """ConfigError (one line) when `logging.wandb=True` but wandb is not installed."""
+  if not _wandb_enabled(config):
+    return
+  try:
+    import wandb  # noqa: F401  (only to see that it is there)
+  except ImportError:
+    raise ConfigError("--config.logging.wandb=True needs Weights & Biases, which is not "
+                      f"installed: {WANDB_INSTALL} (or set --config.logging.wandb=False)."
+                      ) from None
+
+
+class WandbWriter:
+  """A Weights & Biases run (process 0's): the resolved config, then every scalar the
+  MetricLogger writes, under the same names (`train/loss`, `knn/top1`, ...) and steps.
+
+  The run's id is kept in `<workdir>/wandb_run_id`, so a resumed workdir continues the same
+  W&B run (the steps it redoes after its checkpoint, W&B already has: it keeps the first
+  values and drops the redone ones). Files go under the workdir unless WANDB_DIR says where; WANDB_MODE=offline keeps
+  the run on disk (`wandb sync` uploads it later).
+  """
+
+  ID_FILE = "wandb_run_id"
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    import wandb  # local: an optional dependency (the wandb extra)
+
+    section = config.logging
+    id_path = os.path.join(workdir, self.ID_FILE)
+    run_id = ""
+    if os.path.isfile(id_path):
+      with open(id_path) as f:
+        run_id = f.read().strip()
+    run_id = run_id or secrets.token_hex(4)
+    os.makedirs(workdir, exist_ok=True)
+    try:
+      self._run = wandb.init(
+          project=str(section.get("wandb_project", "")) or None,
+          entity=str(section.get("wandb_entity", "")) or None,
+          name=str(section.get("wandb_name", "")) or os.path.basename(os.path.abspath(workdir)),
+          dir=None if os.environ.get("WANDB_DIR") else workdir,
+          config=config_lib.json_tree(config), id=run_id, resume="allow")
+    except Exception as e:  # not logged in, no network, a bad entity: wandb's own errors
+      first = (str(e).strip().splitlines() or [""])[0]
+      raise UserError(f"--config.logging.wandb=True: Weights & Biases could not start a run "
+                      f"({type(e).__name__}: {first}); run `wandb login`, set WANDB_MODE=offline "
+                      "(`wandb sync` uploads later), or set --config.logging.wandb=False.") from e
+    with open(id_path, "w") as f:
+      f.write(run_id)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    self._run.log(dict(scalars), step=int(step))
+
+  def close(self) -> None:
+    self._run.finish()
+
+
+def make_trackers(config: ml_collections.ConfigDict, workdir: str) -> list[Any]:
+  """The trackers `logging.*` asks for, for MetricLogger(trackers=); call in process 0 only."""
+  return [WandbWriter(config, workdir)] if _wandb_enabled(config) else []
 
 
 def _truncate_after(path: str, step: int) -> None:

@@ -23,7 +23,7 @@ from auxskd_jax.config import ConfigError, require
 from auxskd_jax.train import checkpoint as ckpt_lib
 from auxskd_jax.train import devices, optim, preemption
 from auxskd_jax.train import step as step_lib
-from auxskd_jax.train.logging import MetricLogger
+from auxskd_jax.train.logging import MetricLogger, make_trackers
 from auxskd_jax.train.state import TrainState
 
 
@@ -182,7 +182,8 @@ def fit(method: Method, config: ml_collections.ConfigDict, workdir: str, *,
   r_key = devices.replicate(train_key)
   del state
   logger = MetricLogger(workdir, total_steps=total_steps, clips_per_step=config.train.batch_size,
-                        start_step=start, enabled=is_chief)
+                        start_step=start, enabled=is_chief,
+                        trackers=make_trackers(config, workdir) if is_chief else ())
   batches = _DevicePrefetcher(loader, config.data.prefetch)
   bad = jnp.zeros((), bool)
   window: list[dict[str, jax.Array]] = []

@@ -165,6 +165,17 @@ def _guess_name(keys: list[str]) -> str | None:
   return None
 
 
+def guess_backbone(checkpoint: Mapping[str, Any]) -> tuple[str | None, int | None]:
+  """(backbone name, width) that a reference checkpoint's keys and stem look like, or
+  (None, None): lets `auxskd_jax.api.load_backbone` read a `.pth` without being told."""
+  try:
+    sd = encoder_state_dict(checkpoint)
+  except CheckpointMismatchError:
+    return None, None
+  name = _guess_name(list(sd))
+  return name, (infer_width(sd, name) if name else None)
+
+
 def infer_width(sd: Mapping[str, Any], name: str, default: int = 64) -> int:
   """The `width` a state dict of backbone `name` was built with (its stem's channels)."""
   key = _WIDTH_KEYS.get(name, "bn1.weight")
