@@ -25,8 +25,9 @@ from typing import Any, Callable
 import ml_collections
 
 from auxskd_jax import tasks
-from auxskd_jax.demo import motions, stages, summary
+from auxskd_jax.demo import motions, stages
 from auxskd_jax.errors import require
+from auxskd_jax.evaluate import summary
 from auxskd_jax.tasks import Task, common
 
 DONE = "stage_done.json"
@@ -89,19 +90,6 @@ def _run_task(name: str, config: ml_collections.ConfigDict, workdir: str) -> dic
   return task.run(config, workdir)
 
 
-def _last_metrics(workdir: str) -> dict[str, float]:
-  """The pretext task's last logged training metrics (accuracy of speed/segment, loss)."""
-  from auxskd_jax.evaluate import report
-
-  path = os.path.join(workdir, "metrics.jsonl")
-  rows = [r for r in report.read_metrics(path) if r.get("split", "train") == "train"] \
-      if os.path.exists(path) else []
-  if not rows:
-    return {}
-  keep = ("loss", "accuracy_speed", "accuracy_segment")
-  return {k: float(rows[-1][k]) for k in keep if k in rows[-1]}
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the whole demo in `workdir` (resuming finished stages); returns the results."""
   from auxskd_jax.demo import generate
@@ -132,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     def fn(stage_dir: str) -> dict[str, Any]:
       c = stages.pretrain_config(config, task, tfds_dir, init_from, chain)
       result = _run_task(task, c, stage_dir)
-      return {**result, "final": _last_metrics(stage_dir)}
+      return {**result, "final": summary.last_train_metrics(stage_dir)}
     return fn
 
   pre = os.path.join(workdir, "pretrain")
@@ -153,7 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     probe[init] = _stage(workdir, f"linear_probe/{slug}", lambda sd, c=ckpt, m=chain: _run_task(
         "linear_probe", stages.probe_config(config, tfds_dir, c, m), sd))
     if source:
-      pretext[init] = _last_metrics(os.path.join(pre, source))
+      pretext[init] = summary.last_train_metrics(os.path.join(pre, source))
 
   table = summary.rows(finetune, retrieval, probe, pretext)
   info = {"classes": len(motions.CLASSES), "train_videos": manifest["counts"]["train"],
@@ -163,7 +151,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                       "clips",
           "quick": bool(config.demo.quick),
           "seconds": round(time.time() - t_start, 1)}
-  paths = summary.write(workdir, table, info)
+  header = (f"Demo: {info['classes']} motion classes, {info['train_videos']} train / "
+            f"{info['test_videos']} test videos, pretraining pool {info['pool_videos']} "
+            f"videos; {info['backbone']}; chance = {100.0 / info['classes']:.1f}%.")
+  paths = summary.write(workdir, table, header, info)
   with open(paths["md"]) as f:
     print(f.read(), flush=True)
   _say(f"done in {info['seconds']:.0f}s; results in {paths['md']}, {paths['png']}")
