@@ -303,7 +303,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     done[stage.name] = _run_stage(stage, c, config, workdir, allow)
   table = summary.collect(_downstream(stages, done))
   splits = sorted({s for r in table for s in r["splits"]})
-  header = (f"Pipeline {os.path.basename(workdir)}: {len(stages)} stages"
+  header = (f"Pipeline of {len(stages)} stages"
             + (f"; downstream metrics are the mean over {', '.join(splits)}"
                if len(splits) > 1 else "") + ".")
   info = {"stages": [s.name for s in stages], "seconds": round(time.time() - t_start, 1)}
