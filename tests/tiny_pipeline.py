@@ -40,4 +40,8 @@ def get_config():
     r.eval.topk = (1, 5)
     r.eval.init_from = init
     stages[name] = r
-  return paper.pipeline(stages, splits="1")
+  config = paper.pipeline(stages, splits="1")
+  # main.py runs share the test session's compilation cache (tests/conftest.py sets it).
+  config.compilation_cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                config.compilation_cache_dir)
+  return config
