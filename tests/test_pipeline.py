@@ -153,6 +153,13 @@ def test_pipeline_end_to_end_kill_resume_rerun_and_refusal(tiny_prepared, tmp_pa
   moved = _tiny_pipeline(data_dir)
   moved.data.data_dir = data_dir + "/"  # a free key: not a change
   tasks.check_workdir(task, moved, full)
+  # The listed change re-runs that stage only (from its checkpoint); its followers warn.
+  capsys.readouterr()
+  task.run(changed, full)
+  out = capsys.readouterr().out
+  assert "vspp2: vspp starting" in out and out.count("done before, skipped") == 3
+  assert "ret_split1: WARNING: it started from an earlier run of vspp2" in out
+  assert json.load(open(os.path.join(full, "vspp2", pipeline.DONE)))["result"]["step"] == 7
 
   # SIGKILL in the middle stage of a main.py run, then a restart: the same table.
   killed = str(tmp_path / "killed")

@@ -20,8 +20,8 @@ in the order they were added), or in name order when `order` is empty.
 - The resume rule covers every stage: a stage whose config changed is refused, naming
   `stages.<name>.<key>`, unless `--config.resume_overrides` lists that (or the stage's own
   `resume_overrides` lists `<key>`); a finished stage whose config changed so is run again
-  (resuming from its checkpoints). Stages after it are not redone: delete their sub-workdirs
-  to redo them. Process-wide settings (prng_impl, compilation cache, xla_fast_compile,
+  (resuming from its checkpoints). Finished stages that started from it are not redone (a
+  warning names them; delete their sub-workdirs to redo them). Process-wide settings (prng_impl, compilation cache, xla_fast_compile,
   distributed) are the pipeline config's own, not the stages'.
 - At the end: results.md, results.json and results.png in the workdir, one row per
   initialisation (method_chain) and downstream dataset (`evaluate.summary`).
@@ -109,6 +109,9 @@ def stages_of(config: ml_collections.ConfigDict) -> list[Stage]:
       for split in splits:
         sc = copy.deepcopy(c)
         sc.data.split = split  # a FieldReference: data.name follows it
+        require(summary.dataset_of(str(sc.data.get("name", "")))[1] == f"split{split}",
+                f"stages.{key}.data.name", "must follow data.split (a FieldReference, as in "
+                "configs/finetune_r21d_ucf101.py) for the stage to run once per split.")
         out.append(Stage(f"{key}_split{split}", key, sc, task))
     else:
       out.append(Stage(key, key, c, task))
@@ -264,8 +267,15 @@ def _tree(c: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(c.to_dict(), sort_keys=True, default=str))
 
 
+def _input_names(stage: Stage, stages: list[Stage]) -> list[str]:
+  """The sub-workdir names of the stages `stage` starts from."""
+  by_key = {s.key: s for s in stages}
+  return [by_key[t].name for t in _refs(stage.config).values()]
+
+
 def _run_stage(stage: Stage, c: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-               workdir: str, allow: list[str]) -> dict[str, Any]:
+               workdir: str, allow: list[str], stages: list[Stage],
+               done: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Runs one stage through the path main.py takes: validate (again only when it starts from
   an earlier stage, whose checkpoint now exists), the resume rule, config.json, run."""
   stage_dir = os.path.join(workdir, stage.name)
@@ -277,7 +287,8 @@ def _run_stage(stage: Stage, c: ml_collections.ConfigDict, config: ml_collection
   t0 = time.time()
   result = stage.task.run(c, stage_dir)
   record = {"stage": stage.name, "task": c.task, "config": _tree(c), "result": result,
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "finished": time.time(),
+            "inputs": {t: done[t].get("finished") for t in _input_names(stage, stages)}}
   if stage.task.name not in DOWNSTREAM and c.task != "prepare":
     record["final"] = summary.last_train_metrics(stage_dir)  # pretext training
   _write_done(stage_dir, record)
@@ -298,9 +309,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if before is not None and not config_lib.changed_keys(config_lib.flatten(before["config"]),
                                                           c):
       _say(f"{stage.name}: done before, skipped")
+      stale = [t for t in _input_names(stage, stages)
+               if before.get("inputs", {}).get(t) != done[t].get("finished")]
+      if stale:
+        _say(f"{stage.name}: WARNING: it started from an earlier run of {', '.join(stale)}; "
+             f"delete {os.path.join(workdir, stage.name)} to redo it")
       done[stage.name] = before
       continue
-    done[stage.name] = _run_stage(stage, c, config, workdir, allow)
+    done[stage.name] = _run_stage(stage, c, config, workdir, allow, stages, done)
   table = summary.collect(_downstream(stages, done))
   splits = sorted({s for r in table for s in r["splits"]})
   header = (f"Pipeline of {len(stages)} stages"
