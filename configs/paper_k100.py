@@ -46,12 +46,15 @@ def sibling(name: str, *args: str) -> ml_collections.ConfigDict:
 
 def pipeline(stages: dict, splits: str = "") -> ml_collections.ConfigDict:
   """A `pipeline` config running `stages` ({name: task config}) in the dict's order; one
-  `data.data_dir` for all of them. Process-wide settings come from the first stage."""
+  `data.data_dir` and one `seed` for all of them (`--config.seed=1` reseeds every stage).
+  Process-wide settings come from the first stage."""
   first = next(iter(stages.values()))
   c = ml_collections.ConfigDict()
   c.task = "pipeline"
-  for key in ("seed", "prng_impl", "compilation_cache_dir", "xla_fast_compile"):
+  for key in ("prng_impl", "compilation_cache_dir", "xla_fast_compile"):
     c[key] = first[key]
+  seed = ml_collections.FieldReference(first.seed)
+  c.seed = seed
   c.distributed = copy.deepcopy(first.distributed)
   c.resume_overrides = ""
   c.order = ",".join(stages)  # run order (a ConfigDict sorts its keys)
@@ -62,6 +65,7 @@ def pipeline(stages: dict, splits: str = "") -> ml_collections.ConfigDict:
   c.stages = ml_collections.ConfigDict()
   for name, stage in stages.items():
     stage.data.data_dir = data_dir
+    stage.seed = seed
     c.stages[name] = stage
   return c
 

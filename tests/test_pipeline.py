@@ -69,6 +69,36 @@ def test_paper_config_builds_and_its_stages_are_valid(variant):
   assert split3.data.name == "ucf101/split3"
 
 
+def test_paper_config_shares_data_dir_and_seed_with_every_stage():
+  config = _load(os.path.join(_ROOT, "configs", "paper_k100.py"))
+  config.data.data_dir, config.seed = "/data/tfds", 3
+  for stage in pipeline.stages_of(config):
+    assert (stage.config.data.data_dir, stage.config.seed) == ("/data/tfds", 3), stage.name
+
+
+def test_summary_averages_splits_and_names_datasets(tmp_path):
+  from auxskd_jax.evaluate import summary
+
+  def record(task, chain, data, **metrics):
+    return {"task": task, "method_chain": chain, "downstream": data, "metrics": metrics,
+            "pretrain": {"accuracy_speed": 0.5} if chain != "random init" else {}}
+
+  table = summary.collect([
+      record("finetune", "auxSKD -> VSPP", "ucf101/split1", video_top1=0.6),
+      record("finetune", "auxSKD -> VSPP", "ucf101/split2", video_top1=0.8),
+      record("retrieval", "auxSKD -> VSPP", "ucf101/split1", top1=0.2, top5=0.4),
+      record("finetune", "auxSKD -> VSPP", "hmdb51/split1", video_top1=0.3),
+      record("finetune", "random init", "ucf101/split1", video_top1=0.1)])
+  assert [(r["init"], r["dataset"]) for r in table] == [
+      ("auxSKD -> VSPP", "ucf101"), ("auxSKD -> VSPP", "hmdb51"), ("random init", "ucf101")]
+  assert table[0]["finetune"]["video_top1"] == pytest.approx(0.7)
+  assert table[0]["splits"] == ["split1", "split2"] and table[0]["retrieval"]["top5"] == 0.4
+  md = summary.markdown(table, "t")
+  assert "| Initialisation | Dataset |" in md and "| auxSKD -> VSPP | ucf101 | 70.0 |" in md
+  assert "(speed, %)" in md and "| random init | ucf101 | 10.0 |" in md
+  assert os.path.getsize(summary.plot(str(tmp_path / "r.png"), table, "t")) > 0
+
+
 def test_paper_config_without_data_fails_in_one_line(tmp_path):
   config = _load(os.path.join(_ROOT, "configs", "paper_k100.py"))
   with pytest.raises(config_lib.ConfigError, match=r"^stage auxskd: --config\.data\.data_dir"):
