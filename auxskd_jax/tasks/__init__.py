@@ -29,6 +29,7 @@ MODULES: dict[str, str] = {
     "retrieval": "auxskd_jax.tasks.retrieval",
     "linear_probe": "auxskd_jax.tasks.linear_probe",
     "demo": "auxskd_jax.tasks.demo",
+    "demo_data": "auxskd_jax.tasks.demo_data",
     "pipeline": "auxskd_jax.tasks.pipeline",
 }
 

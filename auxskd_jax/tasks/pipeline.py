@@ -14,6 +14,8 @@ in the order they were added), or in name order when `order` is empty.
   mean over the splits.
 - Every stage's `validate` runs before anything is written (an `init_from` of a stage that has
   not run yet is checked, with the real checkpoint, just before the stage starts).
+  `validate_at_start=True` validates each stage only as it starts, for a pipeline whose first
+  stage makes the data the others read (the demo's); values are still checked up front.
 - A stage that finished leaves `stage_done.json` (its task's result and, for pretext training,
   its last training metrics) and is skipped when the pipeline runs again; an interrupted one
   resumes from its own checkpoints (the task's resume rule, in its sub-workdir).
@@ -35,7 +37,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
@@ -202,6 +204,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """`check_structure`, then every stage's own `validate` (a reference to a stage that has
   not run yet validated as a random init); nothing is written."""
   stages = check_structure(config)
+  if config.get("validate_at_start", False):
+    return
   for stage in stages:
     _validate_stage(stage, resolve(stage, stages, None), config)
 
@@ -279,7 +283,7 @@ def _run_stage(stage: Stage, c: ml_collections.ConfigDict, config: ml_collection
   """Runs one stage through the path main.py takes: validate (again only when it starts from
   an earlier stage, whose checkpoint now exists), the resume rule, config.json, run."""
   stage_dir = os.path.join(workdir, stage.name)
-  if _refs(stage.config):
+  if _refs(stage.config) or config.get("validate_at_start", False):
     _validate_stage(stage, c, config)
   _check_stage(stage, c, workdir, allow)
   tasks.claim_workdir(stage.task, c, stage_dir)
@@ -296,8 +300,11 @@ def _run_stage(stage: Stage, c: ml_collections.ConfigDict, config: ml_collection
   return json.loads(json.dumps(record, default=str))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the stages not finished before, in order; writes and prints the results table."""
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        describe: Callable[[dict[str, dict[str, Any]]], tuple[str, dict[str, Any]]] | None = None
+        ) -> dict[str, Any]:
+  """Runs the stages not finished before, in order; writes and prints the results table.
+  `describe(stage records)`: the table's header and extra info (the demo's), else generic."""
   t_start = time.time()
   workdir = os.path.abspath(workdir)
   allow = config_lib.resume_overrides(config)
@@ -323,6 +330,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             + (f"; downstream metrics are the mean over {', '.join(splits)}"
                if len(splits) > 1 else "") + ".")
   info = {"stages": [s.name for s in stages], "seconds": round(time.time() - t_start, 1)}
+  if describe is not None:
+    header, extra = describe(done)
+    info.update(extra)
   import jax
 
   paths = {}
