@@ -161,21 +161,17 @@ def _run(argv: list[str]) -> None:
       distributed.setup_logging()
       distributed.check_same_config(config, {"workdir": os.path.abspath(workdir)})
     task.validate(config)
-    if task.uses_workdir:
-      # Every process reads the workdir (a shared filesystem, as checkpoints need), so every
-      # process fails alike.
-      config_lib.check_resume(config, workdir)
+    # Every process reads the workdir (a shared filesystem, as checkpoints need), so every
+    # process fails alike.
+    tasks.check_workdir(task, config, workdir)
   except config_lib.UserError as e:
     _fail(str(e))
-  import jax
-
   # One job per workdir: every process calls hold (process 0 takes the lease, the others check
   # that they joined the job holding it); a second run is refused here, in one line.
   lease = workdir_lock.hold(workdir) if task.uses_workdir else contextlib.nullcontext()
   try:
     with lease:
-      if task.uses_workdir and jax.process_index() == 0:
-        config_lib.save_config(config, workdir)
+      tasks.claim_workdir(task, config, workdir)
       logging.info("task=%s workdir=%s", config.task, workdir)
       task.run(config, workdir)
   except config_lib.UserError as e:  # the lease, or found only once the run read its data

@@ -208,15 +208,26 @@ def _short(value: Any) -> str:
   return text if len(text) <= 40 else text[:37] + "..."
 
 
+def changed_keys(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                 allowed: Iterable[str] = ()) -> list[str]:
+  """The keys of the flat `saved` config (`flatten` of a config.json) whose value `config`
+  changes, except RESUME_FREE_KEYS and `allowed` (keys `config` adds are not changes)."""
+  allowed = tuple(RESUME_FREE_KEYS) + tuple(allowed)
+  now = flatten(_json_tree(config))
+  return [k for k in sorted(set(saved) | set(now))
+          if k in saved and now.get(k, "<absent>") != saved[k] and not _covered(k, allowed)]
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: str,
-                 allow: Iterable[str] | None = None) -> None:
+                 allow: Iterable[str] | None = None, *, prefix: str = "") -> None:
   """Refuses to resume `workdir`'s run with a config other than the one it was started with.
 
   Compares with `<workdir>/config.json` when the workdir has something to resume (checkpoints
   or finished demo stages); raises ConfigError naming every key that differs, unless it is in
   RESUME_FREE_KEYS or in `allow` (default: --config.resume_overrides). Keys the saved config
   lacks (added by a newer version of the code) are logged, not refused. Reads only: call it
-  before anything is written into the workdir.
+  before anything is written into the workdir. `prefix` (e.g. "stages.auxskd.") is put before
+  the keys the message names: the config is one stage of a pipeline.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path) or not _has_progress(workdir):
@@ -233,14 +244,13 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
   if new_keys:
     logging.warning("Resuming %s: its config.json predates the keys %s (taken as configured).",
                     workdir, ", ".join(new_keys))
-  diffs = [k for k in sorted(set(saved) | set(now))
-           if k in saved and now.get(k, "<absent>") != saved[k] and not _covered(k, allowed)]
+  diffs = changed_keys(saved, config, allowed)
   if not diffs:
     return
-  shown = "; ".join(f"{k}: {_short(saved[k])} -> "
+  shown = "; ".join(f"{prefix}{k}: {_short(saved[k])} -> "
                     f"{_short(now[k]) if k in now else '(absent)'}" for k in diffs[:8])
   more = f" and {len(diffs) - 8} more" if len(diffs) > 8 else ""
   raise ConfigError(
       f"--workdir={workdir} holds a run with another config ({shown}{more}). Resume it with "
       f"the same config, start a new --workdir, or list the keys meant to change: "
-      f"--config.resume_overrides={','.join(diffs)}")
+      f"--config.resume_overrides={','.join(prefix + k for k in diffs)}")

@@ -65,7 +65,7 @@ def test_titles_fit_and_name_the_split_as_results_md(tmp_path, monkeypatch):
   assert open(path, "rb").read(4) == b"\x89PNG"
   assert all(len(line) <= 48 for line in titles[-1].splitlines())
   assert " ".join(titles[-1].split()) == long
-  from auxskd_jax.demo import summary
+  from auxskd_jax.evaluate import summary
 
   table = [{"init": "random", "finetune": {"video_top1": 0.5}, "probe": {"video_top1": 0.4},
             "retrieval": {"top1": 0.3, "top5": 0.6}, "pretrain": {}}]

@@ -7,6 +7,7 @@ demo exercises exactly the code paths of `python main.py --config=configs/<task>
 from __future__ import annotations
 
 import copy
+import os
 
 import ml_collections
 
@@ -132,4 +133,46 @@ def probe_config(config: ml_collections.ConfigDict, data_dir: str, init_from: st
     c.eval.init_from = init_from
     c.probe = defaults.probe()
     c.probe.steps = config.demo.probe_steps
+  return c
+
+
+def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `demo_data` stage: the demo's generated videos, prepared."""
+  c = ml_collections.ConfigDict()
+  c.task = "demo_data"
+  c.seed = int(config.seed)
+  for key in ("size", "num_frames", "train_per_class", "test_per_class", "pool_synthetic",
+              "pool_real"):
+    c[key] = config.demo[key]
+  return c
+
+
+def pipeline_config(config: ml_collections.ConfigDict,
+                    workdir: str) -> ml_collections.ConfigDict:
+  """The demo as a `pipeline` (tasks/pipeline.py) in `workdir`: the data, three pretraining
+  runs (VSPP, auxSKD, auxSKD -> VSPP), then fine-tuning, retrieval and a linear probe from
+  each of INITS. Its stages are validated as they start: the first one makes the data the
+  others read."""
+  tfds_dir = os.path.join(os.path.abspath(workdir), "data", "tfds")
+  st = {"data": data_config(config),
+        "pretrain/vspp": pretrain_config(config, "vspp", tfds_dir, "", "VSPP"),
+        "pretrain/auxskd": pretrain_config(config, "auxskd", tfds_dir, "", "auxSKD"),
+        "pretrain/auxskd_vspp": pretrain_config(config, "vspp", tfds_dir,
+                                                "stage:pretrain/auxskd", "auxSKD -> VSPP")}
+  for init, source in INITS.items():
+    ref, slug, chain = (f"stage:pretrain/{source}", source, init) if source else ("", "random",
+                                                                                  "")
+    st[f"finetune/{slug}"] = finetune_config(config, tfds_dir, ref, chain)
+    st[f"retrieval/{slug}"] = retrieval_config(config, tfds_dir, ref, chain)
+    st[f"linear_probe/{slug}"] = probe_config(config, tfds_dir, ref, chain)
+  c = ml_collections.ConfigDict()
+  c.task = "pipeline"
+  c.seed = int(config.seed)
+  c.resume_overrides = ""
+  c.order = ",".join(st)
+  c.splits = ""
+  c.validate_at_start = True
+  c.stages = ml_collections.ConfigDict()
+  for name, stage in st.items():
+    c.stages[name] = stage
   return c

@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
+from auxskd_jax import config as config_lib
 from auxskd_jax.errors import ConfigError, require
 
 # Task name -> module defining `TASK`. A module that is absent (not written yet) is no task.
@@ -28,6 +29,7 @@ MODULES: dict[str, str] = {
     "retrieval": "auxskd_jax.tasks.retrieval",
     "linear_probe": "auxskd_jax.tasks.linear_probe",
     "demo": "auxskd_jax.tasks.demo",
+    "demo_data": "auxskd_jax.tasks.demo_data",
     "pipeline": "auxskd_jax.tasks.pipeline",
 }
 
@@ -37,11 +39,37 @@ class Task:
   """A runnable task: `validate(config)` raises ConfigError before any work (main.py calls it
   once, after joining a multi-process job); `run(config, workdir)` does the work and returns
   a summary. `uses_workdir=False`: the task writes elsewhere (prepare writes to data_dir), so
-  main.py neither checks nor writes the workdir's config.json."""
+  main.py neither checks nor writes the workdir's config.json. `check_resume(config, workdir,
+  allow)`: the task's own resume rule (the pipeline's checks each stage's sub-workdir); None =
+  `config.check_resume`."""
   name: str
   validate: Callable[[ml_collections.ConfigDict], None]
   run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
   uses_workdir: bool = True
+  check_resume: Callable[..., None] | None = None
+
+
+def check_workdir(task: Task, config: ml_collections.ConfigDict, workdir: str, *,
+                  allow: Iterable[str] | None = None, prefix: str = "") -> None:
+  """The resume rule for running `task` with `config` in `workdir` (reads only): ConfigError
+  if the workdir holds a run with another config, except the keys in `allow` (default:
+  --config.resume_overrides). `prefix` names the config's place in the message (a stage's
+  "stages.<name>.")."""
+  if not task.uses_workdir:
+    return
+  if task.check_resume is not None:
+    task.check_resume(config, workdir, allow)
+  else:
+    config_lib.check_resume(config, workdir, allow, prefix=prefix)
+
+
+def claim_workdir(task: Task, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """After `check_workdir`: records the config the run uses as `<workdir>/config.json`
+  (process 0 only; every process reads the workdir on a shared filesystem)."""
+  import jax
+
+  if task.uses_workdir and jax.process_index() == 0:
+    config_lib.save_config(config, workdir)
 
 
 def _module_exists(name: str) -> bool:

@@ -1,4 +1,5 @@
-"""The `demo` task: generate data, prepare it, pretrain, evaluate three inits, report.
+"""The `demo` task: the demo's settings (configs/demo.py) made a `pipeline` of stages
+(`demo/stages.pipeline_config`), run by the pipeline task with the demo's table header.
 
 Compiled steps recur across stages (the three fine-tunings, feature extraction); the global
 persistent compilation cache (`config.compilation_cache_dir`, set by `main.py`) reuses them.
@@ -7,7 +8,7 @@ Stages (each in its own sub-directory of the workdir; a finished stage leaves
 `stage_done.json` and is skipped when the demo is run again, an interrupted one resumes from
 its checkpoints):
 
-  data/raw              generated videos            data/tfds   prepared TFDS datasets
+  data                  generated videos (data/raw), prepared TFDS datasets (data/tfds)
   pretrain/auxskd       auxSKD on the pool          pretrain/auxskd_vspp   VSPP from it
   pretrain/vspp         VSPP from scratch (baseline)
   finetune/<init>, retrieval/<init>, linear_probe/<init>   for init in random / vspp /
@@ -17,24 +18,20 @@ its checkpoints):
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 
-from auxskd_jax import tasks
-from auxskd_jax.demo import motions, stages, summary
+from auxskd_jax.demo import motions, stages
 from auxskd_jax.errors import require
 from auxskd_jax.tasks import Task, common
 
-DONE = "stage_done.json"
-
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """The components' value checks and the demo's; each stage's own task validates its config
-  when it starts."""
+  """The components' value checks, the demo's, and every stage's values; each stage's own
+  task validates its config (files, checkpoints) when it starts: the data is made by the
+  first."""
   import jax
 
   common.check_values(config)
@@ -58,116 +55,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(d.probe_steps >= 1, "demo.probe_steps", "must be positive.")
   require(config.auxskd.queue_size >= d.auxskd.batch_size, "auxskd.queue_size",
           f"must hold at least one batch ({d.auxskd.batch_size}).")
+  from auxskd_jax.tasks import pipeline
+
+  pipeline.check_structure(_pipeline(config, "."))  # every stage's values; files: at its start
 
 
-def _say(message: str) -> None:
-  print(f"[demo] {message}", flush=True)
-
-
-def _stage(workdir: str, name: str, fn: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-  """Runs `fn(stage_dir)` unless the stage finished before; records its result."""
-  stage_dir = os.path.join(workdir, name)
-  done = os.path.join(stage_dir, DONE)
-  if os.path.exists(done):
-    with open(done) as f:
-      _say(f"{name}: done before, skipped")
-      return json.load(f)
-  _say(f"{name}: starting")
-  t0 = time.time()
-  result = fn(stage_dir)
-  os.makedirs(stage_dir, exist_ok=True)
-  with open(done, "w") as f:
-    json.dump(result, f, indent=2, default=str)
-  _say(f"{name}: finished in {time.time() - t0:.0f}s")
-  return result
-
-
-def _run_task(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """One stage: the task `name`, validated, then run."""
-  task = tasks.get(name)
-  task.validate(config)
-  return task.run(config, workdir)
-
-
-def _last_metrics(workdir: str) -> dict[str, float]:
-  """The pretext task's last logged training metrics (accuracy of speed/segment, loss)."""
-  from auxskd_jax.evaluate import report
-
-  path = os.path.join(workdir, "metrics.jsonl")
-  rows = [r for r in report.read_metrics(path) if r.get("split", "train") == "train"] \
-      if os.path.exists(path) else []
-  if not rows:
-    return {}
-  keep = ("loss", "accuracy_speed", "accuracy_segment")
-  return {k: float(rows[-1][k]) for k in keep if k in rows[-1]}
+def _pipeline(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  return stages.pipeline_config(stages.quick(config) if config.demo.quick else config, workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the whole demo in `workdir` (resuming finished stages); returns the results."""
-  from auxskd_jax.demo import generate
+  """Runs the demo's pipeline in `workdir` (skipping finished stages); returns the results."""
+  from auxskd_jax.tasks import pipeline
 
-  if config.demo.quick:
-    config = stages.quick(config)
+  run_config = stages.quick(config) if config.demo.quick else config  # for the header
   t_start = time.time()
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  d = config.demo
-  raw = os.path.join(workdir, "data", "raw")
-  tfds_dir = os.path.join(workdir, "data", "tfds")
 
-  def make_data(_: str) -> dict[str, Any]:
-    s = generate.settings(seed=int(config.seed), size=d.size, num_frames=d.num_frames,
-                          train_per_class=d.train_per_class, test_per_class=d.test_per_class,
-                          pool_synthetic=d.pool_synthetic, pool_real=d.pool_real)
-    manifest = generate.generate(raw, s, progress=_say)
-    for src, name, labelled in ((manifest["actions_dir"], stages.ACTIONS, True),
-                                (manifest["pool_dir"], stages.POOL, False)):
-      _run_task("prepare", stages.prepare_config(src, tfds_dir, name, labelled,
-                                                 int(config.seed)), tfds_dir)
-    return manifest
+  def describe(done: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    counts = done["data"]["result"]["counts"]
+    info = {"classes": len(motions.CLASSES), "train_videos": counts["train"],
+            "test_videos": counts["test"], "pool_videos": counts["pool"],
+            "backbone": f"{run_config.model.name} width {run_config.model.width}, "
+                        f"{run_config.clip.clip_len}x{run_config.clip.crop_size}x"
+                        f"{run_config.clip.crop_size} clips",
+            "quick": bool(config.demo.quick), "seconds": round(time.time() - t_start, 1)}
+    header = (f"Demo: {info['classes']} motion classes, {info['train_videos']} train / "
+              f"{info['test_videos']} test videos, pretraining pool {info['pool_videos']} "
+              f"videos; {info['backbone']}; chance = {100.0 / info['classes']:.1f}%.")
+    return header, info
 
-  manifest = _stage(workdir, "data", make_data)
-
-  def pretrain(task: str, init_from: str, chain: str) -> Callable[[str], dict[str, Any]]:
-    def fn(stage_dir: str) -> dict[str, Any]:
-      c = stages.pretrain_config(config, task, tfds_dir, init_from, chain)
-      result = _run_task(task, c, stage_dir)
-      return {**result, "final": _last_metrics(stage_dir)}
-    return fn
-
-  pre = os.path.join(workdir, "pretrain")
-  _stage(workdir, "pretrain/vspp", pretrain("vspp", "", "VSPP"))
-  _stage(workdir, "pretrain/auxskd", pretrain("auxskd", "", "auxSKD"))
-  _stage(workdir, "pretrain/auxskd_vspp",
-         pretrain("vspp", os.path.join(pre, "auxskd"), "auxSKD -> VSPP"))
-
-  finetune, retrieval, probe, pretext = {}, {}, {}, {}
-  for init, source in stages.INITS.items():
-    ckpt = os.path.join(pre, source) if source else ""
-    slug = source or "random"
-    chain = init if source else ""
-    finetune[init] = _stage(workdir, f"finetune/{slug}", lambda sd, c=ckpt, m=chain: _run_task(
-        "finetune", stages.finetune_config(config, tfds_dir, c, m), sd))
-    retrieval[init] = _stage(workdir, f"retrieval/{slug}", lambda sd, c=ckpt, m=chain: _run_task(
-        "retrieval", stages.retrieval_config(config, tfds_dir, c, m), sd))
-    probe[init] = _stage(workdir, f"linear_probe/{slug}", lambda sd, c=ckpt, m=chain: _run_task(
-        "linear_probe", stages.probe_config(config, tfds_dir, c, m), sd))
-    if source:
-      pretext[init] = _last_metrics(os.path.join(pre, source))
-
-  table = summary.rows(finetune, retrieval, probe, pretext)
-  info = {"classes": len(motions.CLASSES), "train_videos": manifest["counts"]["train"],
-          "test_videos": manifest["counts"]["test"], "pool_videos": manifest["counts"]["pool"],
-          "backbone": f"{config.model.name} width {config.model.width}, "
-                      f"{config.clip.clip_len}x{config.clip.crop_size}x{config.clip.crop_size} "
-                      "clips",
-          "quick": bool(config.demo.quick),
-          "seconds": round(time.time() - t_start, 1)}
-  paths = summary.write(workdir, table, info)
-  with open(paths["md"]) as f:
-    print(f.read(), flush=True)
-  _say(f"done in {info['seconds']:.0f}s; results in {paths['md']}, {paths['png']}")
-  return {"rows": table, "info": info, "paths": paths}
+  return pipeline.run(stages.pipeline_config(run_config, workdir), workdir, describe=describe)
 
 
 TASK = Task("demo", validate, run)
