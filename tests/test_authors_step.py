@@ -1,0 +1,320 @@
+"""Step-for-step parity with the authors' training code (issue 22, item 1).
+
+For each method, one training step of ours (the pmapped `make_train_step`, on one device)
+beside `auxskd_jax.testing.authors_steps`, the authors' step re-written in PyTorch from their
+scripts, on identical inputs: the same weights (through `weights.convert`), the same queue and
+pointer, the same SGD momentum buffers, the same already-made clips (our clip recipe is
+replaced through the `make_clips` hook; theirs is not in the torch step). Each step is compared
+on its own: before every step our state is re-synchronised from the authors' float32 run, so
+rounding cannot accumulate.
+
+Checked after each step: the loss, every SGD momentum buffer (gradient + weight decay, then
+momentum), every parameter's update, every BN running mean and variance, the teacher's
+parameters and statistics, the queue and its pointer. Each array is compared as its value and
+as its change over the step, relative to the largest magnitude of the float64 step's value
+(change); the tolerance is max(1e-4, 10 x the difference between the authors' float32 step and
+the same step in float64), computed here for every array.
+
+Settings: R(2+1)D-10 at full width (64) on clips of 4 frames of 16x16, batch 4, 2 steps of
+one step per epoch with the step schedule decaying every epoch (the authors' `StepLR`, so the
+second step runs at the decayed rate), a queue of 8 that the second step's enqueue wraps back
+to 0. The learning rate is 0.01 and the EMA momentum 0.9 (not 0.001 / 0.999) so that one step's
+update and teacher change stand far above float32 resolution. torch runs on one thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from auxskd_jax.methods import auxskd, pace, rspnet, vcop, vspp  # noqa: E402
+from auxskd_jax.testing import authors_steps as authors  # noqa: E402
+from auxskd_jax.testing import reference_torch  # noqa: E402
+from auxskd_jax.train import optim  # noqa: E402
+from auxskd_jax.train import step as step_lib  # noqa: E402
+from auxskd_jax.train.state import TrainState  # noqa: E402
+from auxskd_jax.weights import convert  # noqa: E402
+
+import tiny  # noqa: E402
+
+NAME, WIDTH = "r21d_10", 64
+BATCH, FRAMES, CROP = 4, 4, 16
+LR, EMA, DECAY_EPOCHS = 0.01, 0.9, 1
+QUEUE, EMBED = 8, 128
+FLOOR = 1e-4
+STEPS = 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+  """torch's intra-op threads spin against XLA's on a small shared CPU (a step: 7 s -> 0.4 s)."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+def config_for(file: str):
+  c = tiny.load_config(file)
+  c.model.name, c.model.width = NAME, WIDTH
+  c.clip.clip_len, c.clip.crop_size = FRAMES, CROP
+  c.train.batch_size = BATCH
+  c.train.init_from = ""
+  c.optim.learning_rate = LR
+  if c.optim.schedule != "constant":  # VCOP's rate is constant (its scheduler never steps)
+    c.optim.schedule = "step"  # RSPNet's cosine per epoch is not a step's computation
+    c.optim.decay_epochs = DECAY_EPOCHS
+  return c
+
+
+# --------------------------------------------------------------------------------------------
+# Moving a run's state between the authors' torch modules and our TrainState.
+
+
+@dataclasses.dataclass
+class Role:
+  """One network of a method: where ours keeps it (`params` / `extras` key), its kind."""
+  where: str  # 'params' (trained) or 'extras' (the teacher)
+  key: str
+  kind: str  # 'backbone', 'predictor' or 'vcop_head'
+  heads: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def _numpy_sd(module) -> dict[str, np.ndarray]:
+  return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+
+
+def torch_to_ours(role: Role, sd: dict[str, np.ndarray]) -> dict[str, Any]:
+  if role.kind == "backbone":
+    return convert.backbone_from_torch(sd, NAME, heads=role.heads, width=WIDTH)
+  if role.kind == "predictor":
+    return convert.predictor_from_torch(sd)
+  return {"params": {m: {"kernel": sd[f"{m}.weight"].T, "bias": sd[f"{m}.bias"]}
+                     for m in ("fc7", "fc8")}}
+
+
+def ours_to_torch(role: Role, variables: dict[str, Any]) -> dict[str, np.ndarray]:
+  if role.kind == "backbone":
+    sd = convert.to_torch(variables, NAME)
+  elif role.kind == "predictor":
+    sd = convert.predictor_to_torch(variables)
+  else:
+    p = variables["params"]
+    sd = {f"{m}.{leaf}": np.asarray(p[m][k]).T if k == "kernel" else np.asarray(p[m][k])
+          for m in ("fc7", "fc8") for k, leaf in (("kernel", "weight"), ("bias", "bias"))}
+  return {k: np.asarray(v, np.float64) for k, v in sd.items()
+          if not k.endswith("num_batches_tracked")}
+
+
+def state_from_torch(roles: dict[str, Role], run: authors.TorchRun, tx, step: int) -> TrainState:
+  """Our state holding exactly the authors' run's weights, statistics, momentum buffers,
+  teacher, queue and pointer, at optimizer step `step`."""
+  params, stats, trace, extras = {}, {}, {}, {}
+  for name, role in roles.items():
+    sd = _numpy_sd(run.modules[name])
+    v = torch_to_ours(role, sd)
+    if role.where == "extras":
+      extras[role.key] = v
+      continue
+    params[role.key] = v["params"]
+    if v.get("batch_stats"):
+      stats[role.key] = v["batch_stats"]
+    bufs = {k: b.detach().float().numpy() for k, b in run.momentum_buffers(name).items()}
+    trace[role.key] = (torch_to_ours(role, {**sd, **bufs})["params"] if bufs else
+                       jax.tree.map(np.zeros_like, v["params"]))
+  if run.queue is not None:
+    extras["queue"] = run.queue.detach().float().numpy()
+    extras["queue_ptr"] = np.int32(run.queue_ptr)
+  state = TrainState.create(params=params, batch_stats=stats, tx=tx, extras=extras)
+  opt_state = optax.tree_utils.tree_set(state.opt_state, trace=trace,
+                                        count=jnp.asarray(step, jnp.int32))
+  return jax.tree.map(jnp.asarray, state.replace(step=jnp.asarray(step, jnp.int32),
+                                                 opt_state=opt_state))
+
+
+def torch_snapshot(run: authors.TorchRun) -> dict[str, np.ndarray]:
+  """Every array of the authors' run by name: `<role>.<state_dict key>`,
+  `momentum.<role>.<parameter>`, `queue`."""
+  out = {}
+  for name, module in run.modules.items():
+    out.update({f"{name}.{k}": v.astype(np.float64) for k, v in _numpy_sd(module).items()})
+  for name in run.trained:
+    out.update({f"momentum.{name}.{k}": b.detach().double().numpy()
+                for k, b in run.momentum_buffers(name).items()})
+  if run.queue is not None:
+    out["queue"] = run.queue.detach().double().numpy()
+  return out
+
+
+def ours_snapshot(roles: dict[str, Role], state: TrainState) -> dict[str, np.ndarray]:
+  """`torch_snapshot`'s names for our (unreplicated) state."""
+  state = jax.tree.map(np.asarray, state)
+  trace = optax.tree_utils.tree_get(state.opt_state, "trace")
+  out = {}
+  for name, role in roles.items():
+    if role.where == "extras":
+      out.update({f"{name}.{k}": v for k, v in
+                  ours_to_torch(role, state.extras[role.key]).items()})
+      continue
+    v = {"params": state.params[role.key]}
+    if role.key in state.batch_stats:
+      v["batch_stats"] = state.batch_stats[role.key]
+    sd = ours_to_torch(role, v)
+    out.update({f"{name}.{k}": a for k, a in sd.items()})
+    momentum = ours_to_torch(role, {**v, "params": trace[role.key]})
+    params = set(ours_to_torch(role, {"params": v["params"]}).keys()) if role.kind == \
+        "vcop_head" else {k for k in sd if not k.endswith(("running_mean", "running_var"))}
+    out.update({f"momentum.{name}.{k}": a for k, a in momentum.items() if k in params})
+  if "queue" in state.extras:
+    out["queue"] = np.asarray(state.extras["queue"], np.float64)
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison.
+
+
+def _relative(a: np.ndarray, b: np.ndarray, scale: float) -> float:
+  return float(np.max(np.abs(a - b))) / scale if a.size else 0.0
+
+
+def compare(before: dict, ours: dict, t32: dict, t64: dict, step: int) -> list[str]:
+  """Failures: arrays (value, and change over the step) where ours differs from the authors'
+  float32 step by more than max(FLOOR, 10 x their float32-float64 difference)."""
+  assert set(ours) == set(t32), (sorted(set(ours) ^ set(t32)))[:10]
+  failures = []
+  for name in sorted(t32):
+    pairs = [("value", ours[name], t32[name], t64[name], None)]
+    if name in before:
+      b = before[name]
+      pairs.append(("change", ours[name] - b, t32[name] - b, t64[name] - b, b))
+    for what, mine, theirs, exact, b in pairs:
+      scale = float(np.max(np.abs(exact))) if exact.size else 0.0
+      if b is not None:  # a change that is exactly zero in float64 is compared to the value
+        scale = max(scale, 1e-9 * float(np.max(np.abs(b))))
+      scale = max(scale, 1e-30)
+      err, noise = _relative(mine, theirs, scale), _relative(theirs, exact, scale)
+      tol = max(FLOOR, 10.0 * noise)
+      if not err <= tol:
+        failures.append(f"step {step} {name} ({what}): {err:.2e} > tol {tol:.2e}")
+  return failures
+
+
+def compare_scalar(name: str, mine: float, theirs: float, exact: float, step: int) -> list[str]:
+  scale = max(abs(exact), 1e-30)
+  err, tol = abs(mine - theirs) / scale, max(FLOOR, 10 * abs(theirs - exact) / scale)
+  return [] if err <= tol else [f"step {step} {name}: {mine} vs {theirs} ({err:.2e} > {tol:.2e})"]
+
+
+# --------------------------------------------------------------------------------------------
+# The harness: our step on one device with fixed clips, the authors' step in float32 and
+# float64 from the same state.
+
+
+def fixed_clips(task, key, batch, config, *, train):
+  """The batch's clips as they are; its labels."""
+  del task, key, config, train
+  return batch["clips"], {k: v for k, v in batch.items() if k != "clips"}
+
+
+@dataclasses.dataclass
+class Harness:
+  method: Any
+  roles: dict[str, Role]
+  tx: Any
+  step_fn: Callable
+
+  @classmethod
+  def build(cls, method_cls, config, roles: dict[str, Role]) -> "Harness":
+    method = method_cls(config, make_clips=fixed_clips)
+    tx, method.schedule = optim.make_optimizer(config, steps_per_epoch=1, total_steps=10)
+    step_fn = jax.pmap(method.train_step, axis_name=step_lib.AXIS, devices=jax.devices()[:1])
+    return cls(method, roles, tx, step_fn)
+
+  def ours(self, run: authors.TorchRun, step: int, batch: dict[str, np.ndarray],
+           key: jax.Array) -> tuple[TrainState, dict]:
+    state = state_from_torch(self.roles, run, self.tx, step)
+    rep = jax.tree.map(lambda x: x[None], state)
+    new, metrics = self.step_fn(rep, jax.tree.map(lambda x: jnp.asarray(x)[None], batch),
+                                key[None])
+    return jax.tree.map(lambda x: x[0], new), jax.tree.map(lambda x: float(x[0]), metrics)
+
+
+def ncdhw(clips: np.ndarray, dtype) -> "torch.Tensor":
+  """`[..., T, H, W, C]` (ours) -> `[..., C, T, H, W]` (theirs)."""
+  nd = clips.ndim
+  perm = tuple(range(nd - 4)) + (nd - 1, nd - 4, nd - 3, nd - 2)
+  return torch.from_numpy(np.ascontiguousarray(clips.transpose(perm))).to(dtype)
+
+
+def random_clips(rng: np.random.Generator, views: int) -> np.ndarray:
+  """Reference-convention pixels (0..255) `[B, views, T, H, W, 3]`."""
+  return rng.uniform(0, 255, (BATCH, views, FRAMES, CROP, CROP, 3)).astype(np.float32)
+
+
+def run_parity(harness: Harness, run32: authors.TorchRun, steps: int,
+               make_inputs: Callable[[int], dict[str, np.ndarray]],
+               torch_step: Callable[[authors.TorchRun, dict, Any], dict],
+               scheduled: bool, key_seed: int = 1) -> list[str]:
+  """`steps` steps; before each one ours is re-synchronised from the authors' float32 run.
+  Returns every failure (empty: parity)."""
+  failures, key = [], jax.random.PRNGKey(key_seed)
+  for step in range(steps):
+    if scheduled:
+      run32.set_lr(authors.step_lr(LR, step, step_size=DECAY_EPOCHS))
+    inputs = make_inputs(step)
+    before = torch_snapshot(run32)
+    run64 = run32.clone(torch.float64)
+    new_state, metrics = harness.ours(run32, step, inputs, key)
+    out64 = torch_step(run64, inputs, torch.float64, step)
+    out32 = torch_step(run32, inputs, torch.float32, step)
+    ours = ours_snapshot(harness.roles, new_state)
+    failures += compare_scalar("loss", metrics["loss"], out32["loss"], out64["loss"], step)
+    if scheduled:
+      failures += compare_scalar("learning_rate", metrics["learning_rate"],
+                                 run32.optimizer.param_groups[0]["lr"],
+                                 run64.optimizer.param_groups[0]["lr"], step)
+    failures += compare(before, ours, torch_snapshot(run32), torch_snapshot(run64), step)
+    if run32.queue is not None and int(new_state.extras["queue_ptr"]) != run32.queue_ptr:
+      failures.append(f"step {step} queue_ptr: {int(new_state.extras['queue_ptr'])} vs "
+                      f"{run32.queue_ptr}")
+  return failures
+
+
+def report(failures: list[str]) -> str:
+  return f"{len(failures)} differences:\n" + "\n".join(failures[:40])
+
+
+# --------------------------------------------------------------------------------------------
+# The methods.
+
+
+def test_videopace_step_matches_authors():
+  config = config_for("pace_r21d_k100")
+  r = config.clip.max_speed
+  roles = {"model": Role("params", "encoder", "backbone", {"linear": r})}
+  harness = Harness.build(pace.VideoPace, config, roles)
+  torch.manual_seed(0)
+  run = authors.TorchRun({"model": reference_torch.build_torch(NAME, num_classes=r, width=WIDTH)},
+                         ("model",), LR, 0.9, config.optim.weight_decay)
+  rng = np.random.default_rng(0)
+
+  def inputs(step):
+    return {"clips": random_clips(rng, 1), "pace": rng.integers(0, r, BATCH).astype(np.int32)}
+
+  def torch_step(run, x, dtype, step):
+    return authors.pace_step(run, ncdhw(x["clips"][:, 0], dtype),
+                             torch.from_numpy(x["pace"]).long())
+
+  failures = run_parity(harness, run, STEPS, inputs, torch_step, scheduled=True)
+  assert not failures, report(failures)
