@@ -58,10 +58,11 @@ def run_steps(config, batch, num_devices, steps=2):
       jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), state))
   sharded = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
   key = jnp.stack([jax.random.PRNGKey(1)] * num_devices)
-  history = [rep]
+  history, metrics = [rep], []
   for _ in range(steps):
-    rep, metrics = step(rep, sharded, key)
+    rep, m = step(rep, sharded, key)
     history.append(rep)
+    metrics.append(m)
   return state, history, metrics
 
 
@@ -93,6 +94,19 @@ def test_enqueue_wraps_like_one_by_one(size, ptr, count):
   assert int(new_ptr) == p
 
 
+@pytest.mark.parametrize("axis", [0, -1])
+def test_random_queue_normalised_as_torch(axis):
+  """axis=0 is auxSKD's `normalize(randn(K, D), dim=0)` (unit columns), axis=-1 RSPNet's
+  unit keys; same draws, only the normalisation differs."""
+  key = jax.random.PRNGKey(4)
+  got = np.asarray(momentum.random_queue(key, 40, 6, axis=axis))
+  draws = np.asarray(jax.random.normal(key, (40, 6), jnp.float32))
+  np.testing.assert_allclose(got, draws / np.linalg.norm(draws, axis=axis, keepdims=True),
+                             rtol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(got, axis=axis), 1.0, rtol=1e-6)
+  assert not np.allclose(np.linalg.norm(got, axis=1 + axis), 1.0, rtol=1e-2)
+
+
 def test_shuffled_apply_returns_own_examples():
   x = jnp.arange(4 * 3 * 2, dtype=jnp.float32).reshape(4, 3, 2)
 
@@ -108,19 +122,23 @@ def test_shuffled_apply_returns_own_examples():
                                 np.asarray(x).reshape(-1))
 
 
-def test_one_step_ema_queue_and_loss():
+def test_ema_before_the_teacher_forward_queue_and_loss():
+  """The authors' order: at step t the teacher is EMA'd towards the student before step t's
+  update, then runs; step 1's EMA is a no-op (the teacher starts as the student's copy)."""
   config = tiny_config()
   batch = synthetic_batch()
-  state, history, metrics = run_steps(config, batch, num_devices=1, steps=1)
-  before, after = history
+  state, history, metrics_history = run_steps(config, batch, num_devices=1, steps=2)
+  before, after, second = history
+  metrics = metrics_history[0]
   m = config.auxskd.momentum
-  t0 = jax.tree.leaves(before.extras["teacher"]["params"])
-  t1 = jax.tree.leaves(after.extras["teacher"]["params"])
-  s1 = jax.tree.leaves(after.params["encoder"])
+  t0, t1, t2 = (jax.tree.leaves(h.extras["teacher"]["params"]) for h in history)
+  s0, s1 = (jax.tree.leaves(h.params["encoder"]) for h in history[:2])
   changed = 0
-  for a, b, s in zip(t0, t1, s1):
-    np.testing.assert_allclose(b[0] - a[0], (1 - m) * (s[0] - a[0]), rtol=1e-5, atol=1e-7)
-    changed += int(np.any(np.asarray(s[0]) != np.asarray(a[0])))
+  for a, b, c, p0, p1 in zip(t0, t1, t2, s0, s1):
+    np.testing.assert_array_equal(a[0], p0[0])  # a copy of the student
+    np.testing.assert_allclose(b[0], a[0], rtol=1e-6, atol=1e-9)  # EMA of equal parameters
+    np.testing.assert_allclose(c[0] - b[0], (1 - m) * (p1[0] - b[0]), rtol=1e-5, atol=1e-7)
+    changed += int(np.any(np.asarray(p1[0]) != np.asarray(p0[0])))
   assert changed > 0
   assert int(after.extras["queue_ptr"][0]) == 8
   # the loss metric is the KL computed from scratch with the initial state
@@ -138,7 +156,8 @@ def test_one_step_ema_queue_and_loss():
                              mutable=["batch_stats"])[0]
   k, q = np.asarray(momentum.normalize(k)), np.asarray(momentum.normalize(p))
   queue = np.asarray(state.extras["queue"])
-  np.testing.assert_allclose(np.linalg.norm(queue, axis=1), 1.0, rtol=1e-5)
+  # the authors' initial queue: randn(K, D) normalised along dim 0 (unit columns)
+  np.testing.assert_allclose(np.linalg.norm(queue, axis=0), 1.0, rtol=1e-5)
   s_k, s_q = k @ queue.T / 0.02, q @ queue.T / 0.1
   log_pk = s_k - np.log(np.exp(s_k - s_k.max(1, keepdims=True)).sum(1, keepdims=True)) \
       - s_k.max(1, keepdims=True)
@@ -182,7 +201,7 @@ def test_shuffled_bn_runs_and_keeps_replicas_identical():
   config = tiny_config(teacher_bn="shuffle")
   config.train.bn = "local"
   _, four, metrics = run_steps(config, synthetic_batch(), num_devices=4, steps=1)
-  assert np.isfinite(np.asarray(metrics["loss"])).all()
+  assert np.isfinite(np.asarray(metrics[-1]["loss"])).all()
   for leaf in jax.tree.leaves(four[-1].extras) + jax.tree.leaves(four[-1].batch_stats):
     for d in range(1, 4):
       np.testing.assert_array_equal(np.asarray(leaf[d]), np.asarray(leaf[0]))

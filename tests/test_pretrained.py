@@ -244,3 +244,10 @@ def test_auxskd_task_continues_the_authors_run(auxskd_file):
   rep = jax.tree.map(lambda x: jnp.asarray(x)[None], state)
   rep, metrics = step(rep, {"windows": windows}, jax.random.PRNGKey(1)[None])
   assert int(rep.step[0]) == 16 and np.isfinite(float(metrics["loss"][0]))
+  # their next step's EMA, exactly: towards their saved student, before our update
+  m = config.auxskd.momentum
+  for got, t, q in zip(jax.tree.leaves(rep.extras["teacher"]["params"]),
+                       jax.tree.leaves(want["teacher"]["params"]),
+                       jax.tree.leaves(want["params"]["encoder"])):
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(t) * m + np.asarray(q) * (1 - m),
+                               rtol=1e-6, atol=1e-8)

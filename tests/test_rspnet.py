@@ -124,13 +124,19 @@ def test_pmapped_steps_ema_queue_and_loss():
                              float(metrics["loss_avid"][0] + metrics["loss_rsp"][0]), rtol=1e-5)
   before, after = history[0], history[1]
   m = config.rspnet.momentum
-  for t0, t1, s1 in zip(jax.tree.leaves(before.extras["teacher"]["params"]),
-                        jax.tree.leaves(after.extras["teacher"]["params"]),
-                        jax.tree.leaves(after.params["encoder"])):
-    np.testing.assert_allclose(t1[0] - t0[0], (1 - m) * (s1[0] - t0[0]), rtol=1e-4, atol=1e-6)
+  # The reference's order: the EMA towards the encoder before this step's update, then the key
+  # encoder's forward; step 1's EMA is a no-op (the key encoder starts as a copy).
+  for t0, t1, t2, s1 in zip(*(jax.tree.leaves(h.extras["teacher"]["params"])
+                              for h in history[:3]),
+                            jax.tree.leaves(after.params["encoder"])):
+    np.testing.assert_allclose(t1[0], t0[0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(t2[0] - t1[0], (1 - m) * (s1[0] - t1[0]), rtol=1e-4, atol=1e-6)
   # a step writes the global batch's 8 unit keys over the oldest rows of the queue of 12
   assert int(after.extras["queue_ptr"][0]) == 8
   queue, start = np.asarray(after.extras["queue"][0]), np.asarray(before.extras["queue"][0])
+  # RSPNet's initial queue has unit keys (its randn(dim, K) normalised along dim 0, a key a
+  # column), unlike auxSKD's
+  np.testing.assert_allclose(np.linalg.norm(start, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(queue, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(queue[8:], start[8:])
   assert not np.isclose(queue[:8], start[:8]).all(axis=1).any()

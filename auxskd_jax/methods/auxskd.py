@@ -4,7 +4,8 @@ The student (encoder f_q with a 128-d head, then predictor g) matches the teache
 similarity distribution over a queue of past teacher embeddings:
   q = normalize(g(f_q(x_q))), k = normalize(f_k(x_k)), s_q = q Q^T / 0.1, s_k = k Q^T / 0.02,
   loss = KL(softmax(s_k) || softmax(s_q)), then the global batch of k is enqueued.
-The teacher, queue and EMA are `methods/momentum.py`'s.
+The teacher, queue and EMA are `methods/momentum.py`'s: the EMA runs before the teacher's
+forward, with the student before this step's update, as the authors' `train.py`.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:
     """Student from `rng` (its backbone from `train.init_from` when that is one of our runs),
-    teacher an exact copy, queue random-normal then normalised; or, when `train.init_from` is
+    teacher an exact copy, queue random-normal then normalised per column (as the authors); or, when `train.init_from` is
     the authors' auxSKD `.pth`, their whole distillation state, to continue their run."""
     if config.train.init_from.endswith(weights.TORCH_SUFFIXES):
       return self._continue_authors_run(config, tx)
@@ -86,7 +87,9 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
     enc, self.init_report = encoder_lib.init_encoder(self.student, config, k_enc, self.name)
     pred = encoder_lib.init_variables(
         self.predictor, k_pred, jnp.zeros((2, config.model.embed_dim), jnp.float32))
-    queue = momentum.random_queue(k_queue, self.section.queue_size, config.model.embed_dim)
+    # The authors' initial queue: randn(K, 128) normalised along dim 0 (per column).
+    queue = momentum.random_queue(k_queue, self.section.queue_size, config.model.embed_dim,
+                                  axis=0)
     logging.info("auxSKD: student %s (%d params), queue %s", config.model.name,
                  sum(int(np.prod(p.shape)) for p in jax.tree.leaves(enc["params"])),
                  queue.shape)

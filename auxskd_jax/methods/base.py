@@ -5,7 +5,8 @@ A method subclasses `Method` and defines:
 - `create_state(config, rng, tx) -> TrainState`: its initial, unreplicated state (backbone
   under `params['encoder']`, extra trained parts beside it, untrained parts in `extras`);
 - `loss(params, state, clips, labels, keys) -> (loss, aux)`: see `train/step.py`;
-- optionally `after_update(old_state, new_state, aux) -> new_state` and `check(config)`.
+- optionally `before_loss(state) -> state`, `after_update(old_state, new_state, aux) ->
+  new_state` and `check(config)`.
 The one training step (`train.step.make_train_step`) and the loop (`train.loop.fit`) do the
 rest; the file is a pretraining task as it is (`auxskd_jax.tasks.pretrain`).
 """

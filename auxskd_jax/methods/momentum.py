@@ -1,10 +1,14 @@
 """Momentum-contrast pieces shared by auxSKD and RSPNet: L2 normalisation, a random normalised
 queue, ring-buffer enqueue, the EMA teacher, and shuffled BN across devices.
 
-Choices where the references are silent: the EMA runs after the optimizer step with the new
-student weights, theta_k <- m theta_k + (1 - m) theta_q(new) (RSPNet's reference updates before
-its forward, which is the same sequence of teacher weights one step later); the teacher's batch
-statistics are averaged over devices after each step so replicas stay identical.
+The EMA runs as both references run it (auxSKD's `train.py`, RSPNet's MoCo builder): at the
+start of step t, before the teacher's forward, theta_k <- m theta_k + (1 - m) theta_q with the
+student's current parameters (those before step t's update; parameters only, the teacher's BN
+statistics come from its own forward). The teacher starts as a copy of the student, so the
+first EMA is a no-op on equal parameters; a stored teacher has had one EMA per completed step
+and equals the authors' at the same step, and continuing their checkpoint applies exactly
+their next EMA. Where the references are silent: the teacher's new batch statistics are
+averaged over devices after each step so replicas stay identical (theirs are the first GPU's).
 """
 
 from __future__ import annotations
@@ -26,9 +30,15 @@ def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def random_queue(key: jax.Array, size: int, dim: int) -> jax.Array:
-  """The initial queue `[size, dim]`: random normal rows, L2-normalised."""
-  return normalize(jax.random.normal(key, (size, dim), jnp.float32))
+def random_queue(key: jax.Array, size: int, dim: int, axis: int = -1) -> jax.Array:
+  """The initial queue `[size, dim]` of standard normal draws, L2-normalised along `axis`.
+
+  `axis=-1`: every key has unit norm (RSPNet: its `randn(dim, K)` normalised along dim 0, one
+  key a column). `axis=0`: every one of the `dim` columns has unit norm over the `size` keys,
+  as auxSKD's `randn(K, 128)` normalised along dim 0 (its initial keys have norm about
+  sqrt(dim / size), so the first similarities are small until real keys arrive)."""
+  x = jax.random.normal(key, (size, dim), jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -90,12 +100,22 @@ def teacher_forward(module: nn.Module, variables: dict[str, Any], x: jax.Array, 
   return apply(x)
 
 
-def update_teacher_and_queue(state: TrainState, teacher_stats: Any, keys: jax.Array,
-                             momentum: float) -> TrainState:
-  """After the optimizer step: EMA of the new encoder into the teacher, its BN statistics
-  averaged over devices, and the global batch of `keys` enqueued (identical on every device)."""
+def ema_teacher(state: TrainState, momentum: float) -> TrainState:
+  """Before the loss: the teacher's parameters EMA'd towards the student's current ones
+  (`state.params['encoder']`, before this step's update), as the references do right before
+  the teacher's forward."""
+  teacher = state.extras["teacher"]
+  teacher = dict(teacher, params=ema(teacher["params"], state.params["encoder"], momentum))
+  return state.replace(extras=dict(state.extras, teacher=teacher))
+
+
+def update_teacher_and_queue(state: TrainState, teacher_stats: Any,
+                             keys: jax.Array) -> TrainState:
+  """After the optimizer step: the teacher's new BN statistics averaged over devices, and the
+  global batch of `keys` enqueued (identical on every device). The teacher's parameters were
+  EMA'd before the loss (`ema_teacher`)."""
   extras = state.extras
-  teacher = {"params": ema(extras["teacher"]["params"], state.params["encoder"], momentum),
+  teacher = {"params": extras["teacher"]["params"],
              "batch_stats": jax.tree.map(lambda s: jax.lax.pmean(s, AXIS), teacher_stats)}
   queue, ptr = enqueue(extras["queue"], extras["queue_ptr"],
                        jax.lax.all_gather(keys, AXIS, tiled=True))
@@ -103,15 +123,18 @@ def update_teacher_and_queue(state: TrainState, teacher_stats: Any, keys: jax.Ar
 
 
 class MomentumTeacher:
-  """Mixin for methods with an EMA teacher and a queue (`self.section.momentum`): their loss
+  """Mixin for methods with an EMA teacher and a queue (`self.section.momentum`): the EMA runs
+  before the loss (`before_loss`), which reads the teacher from `state.extras['teacher']` and
   returns the teacher's new BN statistics as `aux['teacher_stats']` and the embeddings to
   enqueue as `aux['keys']`."""
+
+  def before_loss(self, state: TrainState) -> TrainState:
+    return ema_teacher(state, self.section.momentum)
 
   def after_update(self, old_state: TrainState, new_state: TrainState,
                    aux: dict[str, Any]) -> TrainState:
     del old_state
-    return update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"],
-                                    self.section.momentum)
+    return update_teacher_and_queue(new_state, aux["teacher_stats"], aux["keys"])
 
 
 def momentum_extras(encoder: dict[str, Any], queue: jax.Array) -> dict[str, Any]:

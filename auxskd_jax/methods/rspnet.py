@@ -18,12 +18,12 @@ embeds the keys, and a queue holds past keys as negatives.
   enqueued (as the reference).
 
 Settings follow the RSPNet reference (T 0.07, margin 2.0 on the T-scaled similarities,
-queue 16384, EMA 0.999, 128-d heads, speeds 1x and 2x). Simplifications: speeds are drawn per
-example (the reference splits each batch in halves), from 1..`clip.max_speed`; the EMA is
-applied after the optimizer step with the new weights, which is the reference's
-before-the-forward update one step later, the same sequence of teacher weights; the momentum
-encoder's BN follows auxSKD's `teacher_bn` choices (shuffled across devices by default, as the
-reference). The EMA, queue and shuffled-BN helpers are `methods/momentum.py`'s.
+queue 16384 initialised with unit-norm keys, EMA 0.999 run right before the key encoder's
+forward with the encoder before this step's update, 128-d heads, speeds 1x and 2x).
+Simplifications: speeds are drawn per example (the reference splits each batch in halves),
+from 1..`clip.max_speed`; the momentum encoder's BN follows auxSKD's `teacher_bn` choices
+(shuffled across devices by default, as the reference). The EMA, queue and shuffled-BN
+helpers are `methods/momentum.py`'s.
 """
 
 from __future__ import annotations

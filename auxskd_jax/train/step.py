@@ -1,11 +1,14 @@
 """The one training step every method shares (flax `examples/imagenet`'s `train_step`,
-big_vision's `update_fn`): keys -> clips -> value_and_grad of the method's loss -> reduce over
-devices -> optimizer update -> the method's `after_update` -> metrics.
+big_vision's `update_fn`): keys -> clips -> the method's `before_loss` -> value_and_grad of the
+method's loss -> reduce over devices -> optimizer update -> the method's `after_update` ->
+metrics.
 
 A method (see `auxskd_jax/methods/base.py`) supplies only what is specific to it:
 `loss(params, state, clips, labels, keys) -> (loss, aux)` and optionally
-`after_update(old_state, new_state, aux) -> new_state` (auxSKD's EMA and queue, RSPNet's momentum
-encoder). `aux` is a dict: `batch_stats` (the new BN statistics, same tree as
+`before_loss(state) -> state` (the momentum teachers' EMA, which the references run right before
+the teacher's forward) and `after_update(old_state, new_state, aux) -> new_state` (their queue
+and teacher BN statistics). The state `before_loss` returns is the one the loss reads and the
+optimizer updates. `aux` is a dict: `batch_stats` (the new BN statistics, same tree as
 `state.batch_stats`), `metrics` (scalars to log), and anything `after_update` needs.
 
 Random keys. Every key of a step is reached by its own path from the run's base key, so no two
@@ -78,11 +81,14 @@ def make_train_step(method: Any, schedule: Callable[[Any], Any] | None = None, *
   else:
     clips_fn = lambda key, batch: make_clips(method.recipe, key, batch, method.config,
                                              train=True)
+  before_loss = getattr(method, "before_loss", None)
   after_update = getattr(method, "after_update", None)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array],
                  base_key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     keys = step_keys(base_key, state.step, axis_name)
+    if before_loss is not None:
+      state = before_loss(state)
     clips, labels = clips_fn(keys.clips, batch)
     if "mask" in batch:  # padding rows of a final partial batch count for nothing
       labels = dict(labels, mask=batch["mask"])
