@@ -134,12 +134,13 @@ def state_from_torch(roles: dict[str, Role], run: authors.TorchRun, tx, step: in
                        jax.tree.map(np.zeros_like, v["params"]))
   if run.queue is not None:
     extras["queue"] = run.queue.detach().float().numpy()
-    extras["queue_ptr"] = np.int32(run.queue_ptr)
-  state = TrainState.create(params=params, batch_stats=stats, tx=tx, extras=extras)
-  opt_state = optax.tree_utils.tree_set(state.opt_state, trace=trace,
-                                        count=jnp.asarray(step, jnp.int32))
-  return jax.tree.map(jnp.asarray, state.replace(step=jnp.asarray(step, jnp.int32),
-                                                 opt_state=opt_state))
+    extras["queue_ptr"] = np.asarray(run.queue_ptr, np.int32)
+  # All numpy: a jax op per leaf would compile once per leaf shape (seconds a method).
+  opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
+  opt_state = optax.tree_utils.tree_set(opt_state, trace=trace,
+                                        count=np.asarray(step, np.int32))
+  return TrainState(step=np.asarray(step, np.int32), params=params, batch_stats=stats,
+                    opt_state=opt_state, extras=extras, tx=tx)
 
 
 def torch_snapshot(run: authors.TorchRun) -> dict[str, np.ndarray]:
@@ -245,10 +246,11 @@ class Harness:
   def ours(self, run: authors.TorchRun, step: int, batch: dict[str, np.ndarray],
            key: jax.Array) -> tuple[TrainState, dict]:
     state = state_from_torch(self.roles, run, self.tx, step)
-    rep = jax.tree.map(lambda x: x[None], state)
-    new, metrics = self.step_fn(rep, jax.tree.map(lambda x: jnp.asarray(x)[None], batch),
-                                key[None])
-    return jax.tree.map(lambda x: x[0], new), jax.tree.map(lambda x: float(x[0]), metrics)
+    rep = jax.tree.map(lambda x: np.asarray(x)[None], state)
+    new, metrics = self.step_fn(rep, jax.tree.map(lambda x: np.asarray(x)[None], batch),
+                                np.asarray(key)[None])
+    return (jax.tree.map(lambda x: np.asarray(x)[0], new),
+            jax.tree.map(lambda x: float(np.asarray(x)[0]), metrics))
 
 
 def ncdhw(clips: np.ndarray, dtype) -> "torch.Tensor":
@@ -432,27 +434,31 @@ def test_rspnet_step_matches_authors():
   assert not failures, report(failures)
 
 
-def vcop_keep_mask(method, key: jax.Array, step: int) -> np.ndarray:
-  """The dropout mask (True = kept) our VCOP step draws at `step`: the head applied with the
-  step's method key, its Dropout fed ones (a mask depends on the key and the shape only)."""
-  keys = jax.pmap(lambda k: step_lib.step_keys(k, jnp.asarray(step, jnp.int32)),
-                  axis_name=step_lib.AXIS, devices=jax.devices()[:1])(key[None])
-  seen = {}
-
-  def intercept(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.Dropout):
-      out = next_fun(jnp.ones_like(args[0]), *args[1:], **kwargs)
-      seen["keep"] = np.asarray(out) != 0
-      return out
-    return next_fun(*args, **kwargs)
-
+def vcop_keep_masks(method, key: jax.Array, steps: int) -> list[np.ndarray]:
+  """The dropout masks (True = kept) our VCOP step draws at steps 0..steps-1: the head applied
+  with each step's method key (`step_keys`, under the same pmap), its Dropout fed ones (a mask
+  depends on the key and the shape only)."""
   n = method.config.clip.vcop_clips
-  feats = jnp.zeros((BATCH, n, WIDTH * 8), jnp.float32)
-  params = method.head.init(jax.random.PRNGKey(0), feats, train=False)["params"]
-  with nn.intercept_methods(intercept):
-    method.head.apply({"params": params}, feats, train=True,
-                      rngs={"dropout": keys.method[0]})
-  return seen["keep"]
+
+  def keep(k, step):
+    seen = {}
+
+    def intercept(next_fun, args, kwargs, context):
+      if isinstance(context.module, nn.Dropout):
+        seen["keep"] = next_fun(jnp.ones_like(args[0]), *args[1:], **kwargs) != 0
+        return args[0]
+      return next_fun(*args, **kwargs)
+
+    feats = jnp.zeros((BATCH, n, WIDTH * 8), jnp.float32)
+    params = method.head.init(jax.random.PRNGKey(0), feats, train=False)["params"]
+    with nn.intercept_methods(intercept):
+      method.head.apply({"params": params}, feats, train=True,
+                        rngs={"dropout": step_lib.step_keys(k, step).method})
+    return seen["keep"]
+
+  f = jax.pmap(keep, axis_name=step_lib.AXIS, devices=jax.devices()[:1])
+  return [np.asarray(f(np.asarray(key)[None], np.full((1,), s, np.int32)))[0]
+          for s in range(steps)]
 
 
 def test_vcop_step_matches_authors_with_one_batch_of_positions():
@@ -470,19 +476,18 @@ def test_vcop_step_matches_authors_with_one_batch_of_positions():
              "head": authors.VCOPHead(WIDTH * 8, n, config.vcop.hidden, config.vcop.dropout)}
   run = authors.TorchRun(modules, ("backbone", "head"), LR, 0.9, config.optim.weight_decay)
   rng = np.random.default_rng(4)
-  key = jax.random.PRNGKey(1)
-  keep = {}
+  keep = vcop_keep_masks(harness.method, jax.random.PRNGKey(1), STEPS)
+  assert all(0.3 < np.mean(k) < 0.7 for k in keep)
 
   def inputs(step):
-    keep[step] = vcop_keep_mask(harness.method, key, step)
     return {"clips": random_clips(rng, n),
             "order": rng.integers(0, 6, BATCH).astype(np.int32)}
 
   def torch_step(run, x, dtype, step, per_position=False):
     return authors.vcop_step(run, ncdhw(x["clips"], dtype), torch.from_numpy(x["order"]).long(),
-                             keep=torch.from_numpy(keep[step]), per_position=per_position)
+                             keep=torch.from_numpy(np.array(keep[step])),
+                             per_position=per_position)
 
-  assert 0.3 < np.mean(keep.get(0, vcop_keep_mask(harness.method, key, 0))) < 0.7
   failures = run_parity(harness, run, STEPS, inputs, torch_step, scheduled=False, key_seed=1)
   assert not failures, report(failures)
 
