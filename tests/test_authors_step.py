@@ -190,9 +190,11 @@ def _relative(a: np.ndarray, b: np.ndarray, scale: float) -> float:
   return float(np.max(np.abs(a - b))) / scale if a.size else 0.0
 
 
-def compare(before: dict, ours: dict, t32: dict, t64: dict, step: int) -> list[str]:
+def compare(before: dict, ours: dict, t32: dict, t64: dict, step: int,
+            margins: list | None = None) -> list[str]:
   """Failures: arrays (value, and change over the step) where ours differs from the authors'
-  float32 step by more than max(FLOOR, 10 x their float32-float64 difference)."""
+  float32 step by more than max(FLOOR, 10 x their float32-float64 difference). `margins`
+  collects (error / tolerance, name) of every comparison."""
   assert set(ours) == set(t32), (sorted(set(ours) ^ set(t32)))[:10]
   failures = []
   for name in sorted(t32):
@@ -207,6 +209,8 @@ def compare(before: dict, ours: dict, t32: dict, t64: dict, step: int) -> list[s
       scale = max(scale, 1e-30)
       err, noise = _relative(mine, theirs, scale), _relative(theirs, exact, scale)
       tol = max(FLOOR, 10.0 * noise)
+      if margins is not None:
+        margins.append((err / tol, f"{name} ({what})"))
       if not err <= tol:
         failures.append(f"step {step} {name} ({what}): {err:.2e} > tol {tol:.2e}")
   return failures
@@ -271,7 +275,7 @@ def run_parity(harness: Harness, run32: authors.TorchRun, steps: int,
                scheduled: bool, key_seed: int = 1) -> list[str]:
   """`steps` steps; before each one ours is re-synchronised from the authors' float32 run.
   Returns every failure (empty: parity)."""
-  failures, key = [], jax.random.PRNGKey(key_seed)
+  failures, key, margins = [], jax.random.PRNGKey(key_seed), []
   for step in range(steps):
     if scheduled:
       run32.set_lr(authors.step_lr(LR, step, step_size=DECAY_EPOCHS))
@@ -287,10 +291,14 @@ def run_parity(harness: Harness, run32: authors.TorchRun, steps: int,
       failures += compare_scalar("learning_rate", metrics["learning_rate"],
                                  run32.optimizer.param_groups[0]["lr"],
                                  run64.optimizer.param_groups[0]["lr"], step)
-    failures += compare(before, ours, torch_snapshot(run32), torch_snapshot(run64), step)
+    failures += compare(before, ours, torch_snapshot(run32), torch_snapshot(run64), step,
+                        margins)
     if run32.queue is not None and int(new_state.extras["queue_ptr"]) != run32.queue_ptr:
       failures.append(f"step {step} queue_ptr: {int(new_state.extras['queue_ptr'])} vs "
                       f"{run32.queue_ptr}")
+  worst = max(margins)
+  print(f"largest error / tolerance: {worst[0]:.2f} ({worst[1]}); median "
+        f"{sorted(margins)[len(margins) // 2][0]:.3f}")
   return failures
 
 
