@@ -14,6 +14,7 @@ authors' auxSKD `encoder_q.module.conv1...`), and the authors' auxSKD distillati
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any, Mapping
@@ -134,12 +135,20 @@ def _flax_layout(array: np.ndarray) -> np.ndarray:
 
 def _variable_shapes(name: str, heads: Mapping[str, int], width: int) -> dict[tuple, tuple]:
   """Flattened Flax variable paths -> shapes, by tracing an init (no compute)."""
+  return dict(_traced_shapes(name, tuple(sorted(dict(heads).items())), int(width)))
+
+
+@functools.lru_cache(maxsize=64)
+def _traced_shapes(name: str, heads: tuple[tuple[str, int], ...],
+                   width: int) -> tuple[tuple[tuple, tuple], ...]:
+  """`_variable_shapes`, cached: tracing a full-width init takes seconds, and converting a
+  run's state back and forth (the step parity tests) asks for the same model every time."""
   model = models.build(name, heads=dict(heads), width=width)
   clips = jax.ShapeDtypeStruct((1, 16, 32, 32, 3), jnp.float32)
   # Whatever the PRNG implementation in force (threefry or rbg keys differ in shape).
   key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
   shapes = jax.eval_shape(lambda k, x: model.init(k, x), key, clips)
-  return {path: tuple(v.shape) for path, v in traverse_util.flatten_dict(shapes).items()}
+  return tuple((path, tuple(v.shape)) for path, v in traverse_util.flatten_dict(shapes).items())
 
 
 def _expected(name: str, heads: Mapping[str, int], width: int) -> dict[str, tuple[tuple, tuple]]:
