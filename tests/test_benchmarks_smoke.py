@@ -155,3 +155,63 @@ def test_bad_flags_fail_clearly(flags, message):
 
   with pytest.raises(SystemExit, match=message):
     step_throughput.main(["--tiny"] + flags)
+
+
+def test_device_check_tiny(results, tmp_path):
+  """`device_check.sh --tiny` end to end (last in this file: the tiny auxSKD steps the tests
+  above compiled are in the shared compilation cache): every part ran and measured."""
+  import math
+  import subprocess
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "check"
+  env = dict(os.environ, PYTHON=sys.executable,
+             JAX_COMPILATION_CACHE_DIR=str(results / "xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop("XLA_FLAGS", None)  # one CPU device, as on the GPU host
+  proc = subprocess.run(["bash", os.path.join(root, "benchmarks", "device_check.sh"), "--tiny",
+                         str(out)], env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  jx, th, check = (_load(out / f) for f in ("jax.json", "torch.json", "check.json"))
+  summary = (out / "summary.md").read_text()
+
+  def real(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+  assert check["exit_codes"] == {"jax": 0, "torch": 0}
+  parts = jx["parts"]
+  assert {n: p["status"] for n, p in parts.items()} == dict.fromkeys(
+      ("step", "sampling", "loss_check", "end_to_end", "smoke"), "ok"), parts
+  rows = {r["dtype"]: r for r in parts["step"]["rows"]}
+  assert set(rows) == {"bfloat16", "float32"}
+  for r in rows.values():
+    assert all(real(r[k]) for k in ("ms_median", "items_per_s", "flops_per_step_xla", "mfu"))
+    assert r["loss_finite"] and r["batch"] == 4
+  assert real(parts["sampling"]["ms_median"])
+  assert set(parts["sampling"]["share_of_auxskd_step"]) == {"bfloat16", "float32"}
+  loss = parts["loss_check"]
+  assert loss["same_init"] and loss["all_finite"] and len(loss["loss_bfloat16"]) == 3
+  (e2e,) = parts["end_to_end"]["rows"]
+  assert real(e2e["e2e_pairs_per_s"]) and real(e2e["loader_pairs_per_s"])
+  smoke = {(r["method"], r["dtype"]): r for r in parts["smoke"]["rows"]}
+  assert {m for m, _ in smoke} >= {"auxskd", "vspp", "pace", "vcop", "rspnet", "finetune"}
+  ran = smoke[("vspp", "float32")]
+  assert ran["status"] == "ok" and ran["loss_finite"] and len(ran["losses"]) == 3
+  assert ran["compiles_first_call"] >= 1 and ran["recompiles"] == 0
+  assert not any(m.startswith("tensorflow") for m in jx["third_party_modules"])
+  torch_part = th["parts"]["torch"]
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    assert torch_part["status"] == "skipped"
+  else:
+    assert torch_part["status"] == "ok"
+    variants = {r["variant"]: r for r in torch_part["rows"]}
+    assert variants["fp32"]["status"] == "ok" and real(variants["fp32"]["ms_median"])
+    assert variants["bf16_cl3d"]["status"] == "ok"  # its CPU loss may be NaN (see above)
+    assert variants["bf16_cl3d_compile"]["status"] == "skipped"  # CUDA only
+    assert "| pytorch | fp32 |" in summary
+  for text in ("| jax | bfloat16 |", "| jax | float32 |", "## End to end", "## Smoke",
+               "bf16 vs float32 over 3 steps", "| vspp | float32 | ok"):
+    assert text in summary, text
