@@ -215,3 +215,128 @@ def test_device_check_tiny(results, tmp_path):
   for text in ("| jax | bfloat16 |", "| jax | float32 |", "## End to end", "## Smoke",
                "bf16 vs float32 over 3 steps", "| vspp | float32 | ok"):
     assert text in summary, text
+
+
+# What the GPU host has (the issue's list), by distribution name.
+GPU_HOST_HAS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "einops", "chex", "absl-py",
+                "tensorboard", "numpy", "pillow", "opencv-python", "torch")
+# The benchmark scripts device_check.py runs: every import in them counts, lazy ones too.
+DEVICE_CHECK_SCRIPTS = ("device_check", "common", "step_throughput", "torch_compare",
+                        "bf16_vs_f32", "end_to_end", "synthetic_dataset")
+
+
+def _imports(path: str, module_level_only: bool) -> set[str]:
+  """Absolute module names `path` imports (module level only: not inside functions)."""
+  import ast
+
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  nodes = list(ast.iter_child_nodes(tree)) if module_level_only else list(ast.walk(tree))
+  if module_level_only:  # also the bodies of module-level try/if blocks
+    stack, nodes = nodes, []
+    while stack:
+      n = stack.pop()
+      nodes.append(n)
+      if isinstance(n, (ast.Try, ast.If)):
+        stack.extend(n.body + n.orelse + getattr(n, "handlers", []) + getattr(n, "finalbody", []))
+      if isinstance(n, ast.ExceptHandler):
+        stack.extend(n.body)
+  names = set()
+  for n in nodes:
+    if isinstance(n, ast.Import):
+      names.update(a.name for a in n.names)
+    elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+      names.add(n.module)
+      names.update(f"{n.module}.{a.name}" for a in n.names)
+  return names
+
+
+def _device_check_third_party() -> set[str]:
+  """Top-level third-party modules the device check imports: every import of its scripts,
+  then the module-level imports of the repo modules they reach (library code's lazy imports
+  belong to paths the check does not take, e.g. `prepare`'s TensorFlow)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  found, third = set(), set()
+  todo = [(os.path.join(root, "benchmarks", f"{s}.py"), False) for s in DEVICE_CHECK_SCRIPTS]
+  while todo:
+    path, module_level = todo.pop()
+    if path in found:
+      continue
+    found.add(path)
+    for name in _imports(path, module_level):
+      top = name.split(".")[0]
+      if top in DEVICE_CHECK_SCRIPTS or top in sys.stdlib_module_names:
+        continue
+      if top in ("auxskd_jax", "configs"):
+        base = os.path.join(root, *name.split("."))
+        for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+          if os.path.isfile(candidate):
+            todo.append((candidate, True))
+        parent = os.path.join(os.path.dirname(base), "__init__.py")
+        if os.path.isfile(parent):
+          todo.append((parent, True))
+        continue
+      # `google` is a namespace shared by several distributions: keep the package.
+      third.add(".".join(name.split(".")[:2]) if top == "google" else top)
+  return third
+
+
+def _requirement_closure(dists) -> set[str]:
+  """`dists` and everything they require on CPython 3.12 / Linux, from installed metadata."""
+  import importlib.metadata as md
+
+  from packaging.requirements import Requirement
+  from packaging.utils import canonicalize_name
+
+  env = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
+         "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+         "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+  out, done, todo = set(), set(), [(d, frozenset()) for d in dists]
+  while todo:
+    name, extras = todo.pop()
+    if (canonicalize_name(name), extras) in done:
+      continue
+    done.add((canonicalize_name(name), extras))
+    out.add(canonicalize_name(name))
+    try:
+      requires = md.requires(name) or []
+    except md.PackageNotFoundError:
+      continue
+    for text in requires:
+      req = Requirement(text)
+      if req.marker is None or any(req.marker.evaluate(dict(env, extra=e))
+                                   for e in (sorted(extras) or [""])):
+        todo.append((req.name, frozenset(req.extras)))
+  return out
+
+
+def _wheels_list(name: str) -> list[str]:
+  import re
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "benchmarks", "device_wheels.sh")) as f:
+    text = f.read()
+  body = re.search(rf"^{name}=\(\n(.*?)^\)", text, re.S | re.M).group(1)
+  return [line.strip() for line in body.splitlines() if line.strip()]
+
+
+def test_device_wheels_list_matches_device_check_imports():
+  """device_wheels.sh downloads exactly what the check's imports need beyond the GPU host's
+  packages (and their dependencies); nothing on the path imports TensorFlow."""
+  import importlib.metadata as md
+
+  from packaging.utils import canonicalize_name
+
+  modules = _device_check_third_party()
+  assert not {"tensorflow", "tensorflow_datasets"} & modules
+  assert {"grain", "array_record", "ml_collections", "dm_pix", "torch"} <= modules
+  by_module = dict(md.packages_distributions(), **{"google.protobuf": ["protobuf"]})
+  missing = sorted(m for m in modules if m not in by_module)
+  # Only optional imports (try/except) may be absent here; the wheels list names them anyway.
+  assert set(missing) <= {"simplejpeg"}, missing
+  dists = {d for m in modules for d in by_module.get(m, [m])}
+  needed = _requirement_closure(dists) - _requirement_closure(GPU_HOST_HAS)
+  listed = {canonicalize_name(p) for p in _wheels_list("PACKAGES")}
+  assert listed == needed, (f"device_wheels.sh PACKAGES should be {sorted(needed)}; "
+                            f"it is {sorted(listed)}")
+  assert not listed & {canonicalize_name(p) for p in _wheels_list("FALLBACKS")}
