@@ -53,6 +53,8 @@ def add_common_flags(parser: argparse.ArgumentParser, *, steps: int = 20,
                       help="stored frame height,width [128,171; tiny 36,44]")
   parser.add_argument("--queue_size", type=int, default=None, help="auxSKD queue [15360; tiny 64]")
   parser.add_argument("--devices", type=int, default=1, help="local devices the step spans")
+  parser.add_argument("--conv_lowering", default=None,
+                      help="model.conv_lowering (xla, auto, ...); default: the config's")
   parser.add_argument("--peak_tflops", type=float, default=PEAK_TFLOPS,
                       help="device peak for model FLOP utilisation (790 = H100 dense bf16)")
   parser.add_argument("--tiny", action="store_true",
@@ -107,6 +109,8 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
   c.model.name = args.model
   c.model.width = args.width
   c.model.dtype = dtype
+  if getattr(args, "conv_lowering", None):
+    c.model.conv_lowering = args.conv_lowering
   c.clip.clip_len = args.clip_len
   c.clip.crop_size = args.crop
   c.train.batch_size = args.batch

@@ -171,7 +171,7 @@ def test_device_check_tiny(results, tmp_path):
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop("XLA_FLAGS", None)  # one CPU device, as on the GPU host
   proc = subprocess.run(["bash", os.path.join(root, "benchmarks", "device_check.sh"), "--tiny",
-                         str(out)], env=env, capture_output=True, text=True, timeout=900)
+                         str(out)], env=env, capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   jx, th, check = (_load(out / f) for f in ("jax.json", "torch.json", "check.json"))
   summary = (out / "summary.md").read_text()
