@@ -262,10 +262,10 @@ def part_loss_check(entry: dict[str, Any], tiny: bool, devices: Sequence[Any],
   entry["learning_rate"] = float(built["float32"]["config"].optim.learning_rate)
 
 
-def part_end_to_end(entry: dict[str, Any], tiny: bool, built: dict[str, dict[str, Any]],
-                    out: str) -> None:
+def part_end_to_end(entry: dict[str, Any], tiny: bool,
+                    built: dict[str, dict[str, Any]]) -> None:
   """The real loader (grain, array_record, JPEG decode) on the host's cores, feeding the
-  compiled bf16 step; the dataset is written without TensorFlow under OUT/e2e_data."""
+  compiled bf16 step; the dataset is written without TensorFlow (`synthetic_dataset`)."""
   import end_to_end
 
   if "bfloat16" not in built:
@@ -276,8 +276,8 @@ def part_end_to_end(entry: dict[str, Any], tiny: bool, built: dict[str, dict[str
                      for w in e2e["workers"].split(","))
   flags = (TINY_FLAGS if tiny else []) + [
       "--dtype=bfloat16", f"--workers={workers}", f"--steps={e2e['steps']}",
-      f"--warmup={e2e['warmup']}", f"--videos={e2e['videos']}", f"--frames={e2e['frames']}",
-      f"--data_dir={os.path.join(out, 'e2e_data')}"]
+      f"--warmup={e2e['warmup']}", f"--videos={e2e['videos']}", f"--frames={e2e['frames']}"]
+  # No --data_dir: a temporary one, removed after (~40 MB of JPEGs stay out of OUT).
   args = end_to_end.build_parser().parse_args(flags)
   payload = end_to_end.run(args, built=built["bfloat16"])
   entry.update({k: payload[k] for k in ("rows", "dataset", "batch", "cpu_count",
@@ -429,7 +429,7 @@ def run_jax(args: argparse.Namespace) -> None:
   with rec.part("loss_check", budgets["loss_check"], deadline) as entry:
     part_loss_check(entry, args.tiny, devices, built, rows)
   with rec.part("end_to_end", budgets["end_to_end"], deadline) as entry:
-    part_end_to_end(entry, args.tiny, built, args.out)
+    part_end_to_end(entry, args.tiny, built)
   built.clear()
   with rec.part("smoke", budgets["smoke"], deadline) as entry:
     part_smoke(entry, args.tiny, devices, counter)
