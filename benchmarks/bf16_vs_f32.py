@@ -25,21 +25,54 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def make_batches(args: argparse.Namespace, size: tuple[int, int],
+                 devices: Sequence[jax.Device]) -> list[dict[str, jax.Array]]:
+  """`args.batches` distinct textured auxSKD batches on the devices (the same for any dtype)."""
+  config = common.make_config("auxskd", args, "float32")
+  return [common.shard(step_throughput.host_batch("auxskd", config, size, seed=s), devices)
+          for s in range(args.batches)]
+
+
 def run_curve(dtype: str, args: argparse.Namespace, size: tuple[int, int],
-              devices: Sequence[jax.Device]) -> tuple[list[float], Any]:
-  """Losses of `args.steps` auxSKD steps in `dtype`, and the initial parameters (host)."""
-  config = common.make_config("auxskd", args, dtype)
-  if args.learning_rate:
-    config.optim.learning_rate = args.learning_rate
-  built = step_throughput.compile_step("auxskd", config, devices, size, seed=0)
-  init = jax.device_get(jax.tree.map(lambda x: x[0], built["state"].params))
-  batches = [common.shard(step_throughput.host_batch("auxskd", config, size, seed=s), devices)
-             for s in range(args.batches)]
-  state, losses = built["state"], []
+              devices: Sequence[jax.Device], built: dict[str, Any] | None = None,
+              batches: list[dict[str, jax.Array]] | None = None) -> tuple[list[float], Any]:
+  """Losses of `args.steps` auxSKD steps in `dtype`, and the initial parameters (host).
+  `built`: a compiled seed-0 step of that dtype to reuse (a fresh initial state is made)."""
+  if built is None:
+    config = common.make_config("auxskd", args, dtype)
+    if args.learning_rate:
+      config.optim.learning_rate = args.learning_rate
+    built = step_throughput.compile_step("auxskd", config, devices, size, seed=0)
+  state = built.pop("state", None)
+  state = built["init"]() if state is None else state
+  init = jax.device_get(jax.tree.map(lambda x: x[0], state.params))
+  if batches is None:
+    batches = make_batches(args, size, devices)
+  losses = []
   for i in range(args.steps):
     state, metrics = built["compiled"](state, batches[i % len(batches)], built["key"])
     losses.append(metrics["loss"])
   return [float(np.asarray(l)[0]) for l in jax.device_get(losses)], init
+
+
+def compare(f32: list[float], bf16: list[float], init_f32: Any, init_bf16: Any,
+            tolerance: float, verbose: bool = False) -> dict[str, Any]:
+  """The two curves, their relative gaps and whether both runs started from one init."""
+  init_gap = max(float(np.max(np.abs(a - b))) for a, b in
+                 zip(jax.tree.leaves(init_f32), jax.tree.leaves(init_bf16)))
+  gaps = [abs(b - f) / max(abs(f), 1e-12) for b, f in zip(bf16, f32)]
+  worst = int(np.argmax(gaps))
+  if verbose:
+    print("| step | loss f32 | loss bf16 | relative gap |\n|---|---|---|---|")
+    for i, (f, b, g) in enumerate(zip(f32, bf16, gaps)):
+      print(f"| {i + 1} | {f:.5f} | {b:.5f} | {g:.2%} |")
+  print(f"max relative gap {gaps[worst]:.2%} at step {worst + 1}; mean {np.mean(gaps):.2%}; "
+        f"same init: {init_gap == 0.0}")
+  return {"steps": len(f32), "loss_float32": f32, "loss_bfloat16": bf16,
+          "relative_gap": gaps, "max_relative_gap": gaps[worst], "max_gap_step": worst + 1,
+          "mean_relative_gap": float(np.mean(gaps)), "same_init": init_gap == 0.0,
+          "tolerance": tolerance, "within_tolerance": gaps[worst] <= tolerance,
+          "all_finite": bool(np.all(np.isfinite(f32 + bf16)))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,21 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   devices = common.bench_devices(args.devices)
   f32, init_f32 = run_curve("float32", args, size, devices)
   bf16, init_bf16 = run_curve("bfloat16", args, size, devices)
-  init_gap = max(float(np.max(np.abs(a - b))) for a, b in
-                 zip(jax.tree.leaves(init_f32), jax.tree.leaves(init_bf16)))
-  gaps = [abs(b - f) / max(abs(f), 1e-12) for b, f in zip(bf16, f32)]
-  worst = int(np.argmax(gaps))
-  print("| step | loss f32 | loss bf16 | relative gap |\n|---|---|---|---|")
-  for i, (f, b, g) in enumerate(zip(f32, bf16, gaps)):
-    print(f"| {i + 1} | {f:.5f} | {b:.5f} | {g:.2%} |")
-  print(f"max relative gap {gaps[worst]:.2%} at step {worst + 1}; mean {np.mean(gaps):.2%}; "
-        f"same init: {init_gap == 0.0}")
   payload = {"benchmark": "bf16_vs_f32", "environment": common.environment(), "args": vars(args),
-             "steps": args.steps, "loss_float32": f32, "loss_bfloat16": bf16,
-             "relative_gap": gaps, "max_relative_gap": gaps[worst], "max_gap_step": worst + 1,
-             "mean_relative_gap": float(np.mean(gaps)), "same_init": init_gap == 0.0,
-             "tolerance": args.tolerance, "within_tolerance": gaps[worst] <= args.tolerance,
-             "all_finite": bool(np.all(np.isfinite(f32 + bf16)))}
+             **compare(f32, bf16, init_f32, init_bf16, args.tolerance, verbose=True)}
   common.write_json(args.out, payload)
   return payload
 

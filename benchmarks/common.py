@@ -53,6 +53,8 @@ def add_common_flags(parser: argparse.ArgumentParser, *, steps: int = 20,
                       help="stored frame height,width [128,171; tiny 36,44]")
   parser.add_argument("--queue_size", type=int, default=None, help="auxSKD queue [15360; tiny 64]")
   parser.add_argument("--devices", type=int, default=1, help="local devices the step spans")
+  parser.add_argument("--conv_lowering", default=None,
+                      help="model.conv_lowering (xla, auto, ...); default: the config's")
   parser.add_argument("--peak_tflops", type=float, default=PEAK_TFLOPS,
                       help="device peak for model FLOP utilisation (790 = H100 dense bf16)")
   parser.add_argument("--tiny", action="store_true",
@@ -107,6 +109,8 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
   c.model.name = args.model
   c.model.width = args.width
   c.model.dtype = dtype
+  if getattr(args, "conv_lowering", None):
+    c.model.conv_lowering = args.conv_lowering
   c.clip.clip_len = args.clip_len
   c.clip.crop_size = args.crop
   c.train.batch_size = args.batch
@@ -134,9 +138,12 @@ def bench_devices(count: int) -> list[jax.Device]:
 
 def _sharding(devices: Sequence[jax.Device]) -> jax.sharding.Sharding:
   """What pmap's outputs carry, so donated state goes in and comes out with one layout (a
-  different input layout would make the second call recompile)."""
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+  different input layout would make the second call recompile). The mesh axis must carry the
+  step's pmap axis name: pmap's outputs do, and a mesh named otherwise is another layout."""
+  from auxskd_jax.train.devices import AXIS
+
+  mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
 
 def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
@@ -171,11 +178,14 @@ def textured_frames(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarra
 
 
 def reader_batch(rng: np.random.Generator, batch: int, views: int, window: int,
-                 size: tuple[int, int], num_classes: int = 101) -> dict[str, np.ndarray]:
+                 size: tuple[int, int], num_classes: int = 101,
+                 textured: bool = True) -> dict[str, np.ndarray]:
   """A batch as the reader ships it (docs/DESIGN.md): windows, num_frames, label, index,
-  starts, mask."""
+  starts, mask. `textured=False`: uniform noise frames, quicker to make (smoke tests)."""
+  shape = (batch, views, window, size[0], size[1], 3)
   return {
-      "windows": textured_frames(rng, (batch, views, window, size[0], size[1], 3)),
+      "windows": (textured_frames(rng, shape) if textured
+                  else rng.integers(0, 256, shape, dtype=np.uint8)),
       "num_frames": np.full((batch,), 300, np.int32),
       "label": rng.integers(0, num_classes, (batch,)).astype(np.int32),
       "index": np.arange(batch, dtype=np.int32),

@@ -64,31 +64,40 @@ def host_batch(task: str, config: ml_collections.ConfigDict, size: tuple[int, in
 
 def compile_step(task: str, config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
                  size: tuple[int, int], seed: int = 0) -> dict[str, Any]:
-  """Initial state, an on-device batch and the compiled pmapped step (state donated)."""
+  """Initial state, an on-device batch and the compiled pmapped step (state donated); `init()`
+  makes a fresh copy of the same initial state, so one compiled step serves several runs."""
   method = build_method(task, config)
   from auxskd_jax.train import optim
 
   tx, schedule = optim.make_optimizer(config, 1000, 100_000)
   state = method.init_state(config, jax.random.PRNGKey(seed), tx, 1000)
-  r_state = common.replicate(state, devices)
-  del state
+
+  def init() -> Any:  # the same pytree (optimizer included) the step was compiled for
+    return common.replicate(state, devices)
+
+  r_state = init()
   batch = common.shard(host_batch(task, config, size, seed), devices)
   key = common.replicate(jax.random.PRNGKey(seed + 1), devices)
   p_step = jax.pmap(method.make_step(schedule), axis_name="batch", devices=devices, donate_argnums=(0,))
   start = time.perf_counter()
   lowered = p_step.lower(r_state, batch, key)
   compiled = lowered.compile()
-  return {"compiled": compiled, "state": r_state, "batch": batch, "key": key,
+  return {"compiled": compiled, "state": r_state, "batch": batch, "key": key, "init": init,
           "compile_s": time.perf_counter() - start, "hlo_flops": common.compiled_flops(lowered)}
 
 
 def measure_step(task: str, config: ml_collections.ConfigDict, *,
                  devices: Sequence[jax.Device], size: tuple[int, int], steps: int, warmup: int,
-                 peak_tflops: float = common.PEAK_TFLOPS) -> dict[str, Any]:
-  """Times `task`'s step; returns the figures of one table row (see module docstring)."""
-  built = compile_step(task, config, devices, size)
+                 peak_tflops: float = common.PEAK_TFLOPS,
+                 built: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Times `task`'s step; returns the figures of one table row (see module docstring).
+  `built`: a `compile_step` result to time (its state is consumed; `built['init']` stays)."""
+  if built is None:
+    built = compile_step(task, config, devices, size)
   compiled, batch, key = built["compiled"], built["batch"], built["key"]
-  holder = {"state": built.pop("state")}
+  state = built.pop("state", None)
+  holder = {"state": built["init"]() if state is None else state}
+  del state
   losses: list[Any] = []
 
   def call() -> Any:

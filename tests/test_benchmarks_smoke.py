@@ -155,3 +155,188 @@ def test_bad_flags_fail_clearly(flags, message):
 
   with pytest.raises(SystemExit, match=message):
     step_throughput.main(["--tiny"] + flags)
+
+
+def test_device_check_tiny(results, tmp_path):
+  """`device_check.sh --tiny` end to end (last in this file: the tiny auxSKD steps the tests
+  above compiled are in the shared compilation cache): every part ran and measured."""
+  import math
+  import subprocess
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "check"
+  env = dict(os.environ, PYTHON=sys.executable,
+             JAX_COMPILATION_CACHE_DIR=str(results / "xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop("XLA_FLAGS", None)  # one CPU device, as on the GPU host
+  proc = subprocess.run(["bash", os.path.join(root, "benchmarks", "device_check.sh"), "--tiny",
+                         str(out)], env=env, capture_output=True, text=True, timeout=1500)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  jx, th, check = (_load(out / f) for f in ("jax.json", "torch.json", "check.json"))
+  summary = (out / "summary.md").read_text()
+
+  def real(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+  assert check["exit_codes"] == {"jax": 0, "torch": 0}
+  parts = jx["parts"]
+  assert {n: p["status"] for n, p in parts.items()} == dict.fromkeys(
+      ("step", "sampling", "loss_check", "end_to_end", "smoke"), "ok"), parts
+  rows = {r["dtype"]: r for r in parts["step"]["rows"]}
+  assert set(rows) == {"bfloat16", "float32"}
+  for r in rows.values():
+    assert all(real(r[k]) for k in ("ms_median", "items_per_s", "flops_per_step_xla", "mfu"))
+    assert r["loss_finite"] and r["batch"] == 4
+  assert real(parts["sampling"]["ms_median"])
+  assert set(parts["sampling"]["share_of_auxskd_step"]) == {"bfloat16", "float32"}
+  loss = parts["loss_check"]
+  assert loss["same_init"] and loss["all_finite"] and len(loss["loss_bfloat16"]) == 3
+  (e2e,) = parts["end_to_end"]["rows"]
+  assert real(e2e["e2e_pairs_per_s"]) and real(e2e["loader_pairs_per_s"])
+  smoke = {(r["method"], r["dtype"]): r for r in parts["smoke"]["rows"]}
+  assert {m for m, _ in smoke} >= {"auxskd", "vspp", "pace", "vcop", "rspnet", "finetune"}
+  ran = smoke[("vspp", "float32")]
+  assert ran["status"] == "ok" and ran["loss_finite"] and len(ran["losses"]) == 3
+  assert ran["compiles_first_call"] >= 1 and ran["recompiles"] == 0
+  assert not any(m.startswith("tensorflow") for m in jx["third_party_modules"])
+  torch_part = th["parts"]["torch"]
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    assert torch_part["status"] == "skipped"
+  else:
+    assert torch_part["status"] == "ok"
+    variants = {r["variant"]: r for r in torch_part["rows"]}
+    assert variants["fp32"]["status"] == "ok" and real(variants["fp32"]["ms_median"])
+    assert variants["bf16_cl3d"]["status"] == "ok"  # its CPU loss may be NaN (see above)
+    assert variants["bf16_cl3d_compile"]["status"] == "skipped"  # CUDA only
+    assert "| pytorch | fp32 |" in summary
+  for text in ("| jax | bfloat16 |", "| jax | float32 |", "## End to end", "## Smoke",
+               "bf16 vs float32 over 3 steps", "| vspp | float32 | ok"):
+    assert text in summary, text
+
+
+# What the GPU host has (the issue's list), by distribution name.
+GPU_HOST_HAS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "einops", "chex", "absl-py",
+                "tensorboard", "numpy", "pillow", "opencv-python", "torch")
+# The benchmark scripts device_check.py runs: every import in them counts, lazy ones too.
+DEVICE_CHECK_SCRIPTS = ("device_check", "common", "step_throughput", "torch_compare",
+                        "bf16_vs_f32", "end_to_end", "synthetic_dataset")
+
+
+def _imports(path: str, module_level_only: bool) -> set[str]:
+  """Absolute module names `path` imports (module level only: not inside functions)."""
+  import ast
+
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  nodes = list(ast.iter_child_nodes(tree)) if module_level_only else list(ast.walk(tree))
+  if module_level_only:  # also the bodies of module-level try/if blocks
+    stack, nodes = nodes, []
+    while stack:
+      n = stack.pop()
+      nodes.append(n)
+      if isinstance(n, (ast.Try, ast.If)):
+        stack.extend(n.body + n.orelse + getattr(n, "handlers", []) + getattr(n, "finalbody", []))
+      if isinstance(n, ast.ExceptHandler):
+        stack.extend(n.body)
+  names = set()
+  for n in nodes:
+    if isinstance(n, ast.Import):
+      names.update(a.name for a in n.names)
+    elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+      names.add(n.module)
+      names.update(f"{n.module}.{a.name}" for a in n.names)
+  return names
+
+
+def _device_check_third_party() -> set[str]:
+  """Top-level third-party modules the device check imports: every import of its scripts,
+  then the module-level imports of the repo modules they reach (library code's lazy imports
+  belong to paths the check does not take, e.g. `prepare`'s TensorFlow)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  found, third = set(), set()
+  todo = [(os.path.join(root, "benchmarks", f"{s}.py"), False) for s in DEVICE_CHECK_SCRIPTS]
+  while todo:
+    path, module_level = todo.pop()
+    if path in found:
+      continue
+    found.add(path)
+    for name in _imports(path, module_level):
+      top = name.split(".")[0]
+      if top in DEVICE_CHECK_SCRIPTS or top in sys.stdlib_module_names:
+        continue
+      if top in ("auxskd_jax", "configs"):
+        base = os.path.join(root, *name.split("."))
+        for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+          if os.path.isfile(candidate):
+            todo.append((candidate, True))
+        parent = os.path.join(os.path.dirname(base), "__init__.py")
+        if os.path.isfile(parent):
+          todo.append((parent, True))
+        continue
+      # `google` is a namespace shared by several distributions: keep the package.
+      third.add(".".join(name.split(".")[:2]) if top == "google" else top)
+  return third
+
+
+def _requirement_closure(dists) -> set[str]:
+  """`dists` and everything they require on CPython 3.12 / Linux, from installed metadata."""
+  import importlib.metadata as md
+
+  from packaging.requirements import Requirement
+  from packaging.utils import canonicalize_name
+
+  env = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
+         "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+         "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+  out, done, todo = set(), set(), [(d, frozenset()) for d in dists]
+  while todo:
+    name, extras = todo.pop()
+    if (canonicalize_name(name), extras) in done:
+      continue
+    done.add((canonicalize_name(name), extras))
+    out.add(canonicalize_name(name))
+    try:
+      requires = md.requires(name) or []
+    except md.PackageNotFoundError:
+      continue
+    for text in requires:
+      req = Requirement(text)
+      if req.marker is None or any(req.marker.evaluate(dict(env, extra=e))
+                                   for e in (sorted(extras) or [""])):
+        todo.append((req.name, frozenset(req.extras)))
+  return out
+
+
+def _wheels_list(name: str) -> list[str]:
+  import re
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "benchmarks", "device_wheels.sh")) as f:
+    text = f.read()
+  body = re.search(rf"^{name}=\(\n(.*?)^\)", text, re.S | re.M).group(1)
+  return [line.strip() for line in body.splitlines() if line.strip()]
+
+
+def test_device_wheels_list_matches_device_check_imports():
+  """device_wheels.sh downloads exactly what the check's imports need beyond the GPU host's
+  packages (and their dependencies); nothing on the path imports TensorFlow."""
+  import importlib.metadata as md
+
+  from packaging.utils import canonicalize_name
+
+  modules = _device_check_third_party()
+  assert not {"tensorflow", "tensorflow_datasets"} & modules
+  assert {"grain", "array_record", "ml_collections", "dm_pix", "torch"} <= modules
+  by_module = dict(md.packages_distributions(), **{"google.protobuf": ["protobuf"]})
+  missing = sorted(m for m in modules if m not in by_module)
+  # Only optional imports (try/except) may be absent here; the wheels list names them anyway.
+  assert set(missing) <= {"simplejpeg"}, missing
+  dists = {d for m in modules for d in by_module.get(m, [m])}
+  needed = _requirement_closure(dists) - _requirement_closure(GPU_HOST_HAS)
+  listed = {canonicalize_name(p) for p in _wheels_list("PACKAGES")}
+  assert listed == needed, (f"device_wheels.sh PACKAGES should be {sorted(needed)}; "
+                            f"it is {sorted(listed)}")
+  assert not listed & {canonicalize_name(p) for p in _wheels_list("FALLBACKS")}

@@ -97,6 +97,27 @@ def test_jitter_matches_torchvision_semantics():
   np.testing.assert_allclose(dark, np.clip(image * 1.2, 0, 1), atol=1e-6)
 
 
+@pytest.mark.parametrize("strengths", [
+    dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2),  # the paper's
+    dict(brightness=0.4, contrast=0.0, saturation=0.6, hue=0.0),  # some ops skipped
+])
+def test_jitter_equals_the_switch_form(strengths):
+  """The branch-free jitter gives the switch-based one's output (f32 rounding) for the same
+  draws: every order of the 24, applied or not, per-clip params broadcast over frames."""
+  from auxskd_jax.testing import jitter_switch
+
+  images = jnp.asarray(np.random.default_rng(2).uniform(0, 1, size=(4, 8, 3, 5, 6, 3)),
+                       jnp.float32)
+  params = jitter_lib.draw_jitter_params(jax.random.PRNGKey(3), (4, 8, 1), prob=0.8,
+                                         **strengths)
+  orders = {tuple(o) for o in np.asarray(params.order).reshape(-1, 4)}
+  assert len(orders) >= 16 and not np.all(params.apply) and np.any(params.apply)
+  new = jax.jit(lambda x, p: jitter_lib.color_jitter(x, p, **strengths))(images, params)
+  old = jax.jit(lambda x, p: jitter_switch.color_jitter(x, p, **strengths))(images, params)
+  np.testing.assert_allclose(new, old, atol=2e-6, rtol=0)
+  assert not np.allclose(new, images, atol=1e-3)
+
+
 def test_jitter_draws_follow_torchvision_ranges():
   n = 20000
   p = jitter_lib.draw_jitter_params(jax.random.PRNGKey(0), (n,), prob=0.8, brightness=0.8,

@@ -19,9 +19,15 @@ dm-pix differs on three of these, so only its pieces that match are used:
   again written as a blend with `pix.rgb_to_grayscale`.
 - `pix.adjust_hue` is torchvision's rule exactly (`(h + delta) % 1` in HSV) and is used.
 
-The random order is kept (as torchvision): each of the four steps is a `lax.switch` on the
-drawn permutation, inside a `lax.scan` over the steps. Under vmap that evaluates every op at every step and selects, 16 cheap
-elementwise passes per frame, which is negligible next to the network.
+The random order is kept (as torchvision) without evaluating any op more than its draw needs.
+Brightness, contrast and saturation are one blend, `clamp(f * x + (1-f) * m)` with target `m`
+0, the frame's mean grey or the grey image, so a step is one blend whose factor and target are
+selected by the drawn op. Hue is not linear and is the costly op (an HSV round trip), so it is
+computed once: three blend slots for the positions before the hue's (0-2, each active only if
+before it), the hue shift, three for the positions after it (1-3). Under vmap (where a
+`lax.switch` on a batched index evaluates every branch) that is 6 cheap blends and 1 hue per
+frame instead of 16 ops, 4 of them hue; `auxskd_jax.testing.jitter_switch` keeps the
+switch-based form it is tested against.
 """
 
 from __future__ import annotations
@@ -87,42 +93,53 @@ def _hue(image: jax.Array, shift: jax.Array) -> jax.Array:
   return jnp.clip(pix.adjust_hue(image, shift), 0.0, 1.0)
 
 
-def _op_table(params: JitterParams, *, brightness: float, contrast: float, saturation: float,
-              hue: float) -> tuple:
-  """The four ops for one frame's draw, in torchvision's numbering. A strength of 0 is the
-  identity, as torchvision skips that op (hue 0 would otherwise round-trip through HSV)."""
-  same = lambda x: x
-  return (
-      (lambda x: _brightness(x, params.brightness)) if brightness > 0 else same,
-      (lambda x: _contrast(x, params.contrast)) if contrast > 0 else same,
-      (lambda x: _saturation(x, params.saturation)) if saturation > 0 else same,
-      (lambda x: _hue(x, params.hue)) if hue > 0 else same,
-  )
+def _blend_step(x: jax.Array, op: jax.Array, active: jax.Array, params: JitterParams,
+                enabled: tuple[bool, bool, bool]) -> jax.Array:
+  """Brightness (op 0), contrast (1) or saturation (2) as one blend, where `active` and the op
+  is enabled (strength > 0); anything else (hue, 3) leaves `x` as it is."""
+  gray = pix.rgb_to_grayscale(x, keep_dims=True)
+  factor = jnp.where(op == 0, params.brightness,
+                     jnp.where(op == 1, params.contrast, params.saturation))
+  target = jnp.where(op == 1, jnp.mean(gray), jnp.where(op == 2, gray, 0.0))
+  on = active & jnp.asarray(enabled + (False,))[op]
+  return jnp.where(on, jnp.clip(factor * x + (1.0 - factor) * target, 0.0, 1.0), x)
 
 
 def color_jitter_frame(image: jax.Array, params: JitterParams, *, brightness: float,
                        contrast: float, saturation: float, hue: float) -> jax.Array:
-  """Applies one draw to one RGB frame `[H, W, 3]` float in [0, 1] (unbatched `params`).
-
-  The four steps run in a `lax.scan` (one compiled body, not four unrolled copies: compile
-  time matters on CPU), each a `lax.switch` on the drawn permutation.
-  """
-  ops = _op_table(params, brightness=brightness, contrast=contrast, saturation=saturation,
-                  hue=hue)
-  step = lambda x, op: (jax.lax.switch(op, ops, x), None)
-  out, _ = jax.lax.scan(step, image, params.order)
+  """Applies one draw to one RGB frame `[H, W, 3]` float in [0, 1] (unbatched `params`): the
+  drawn permutation of the four ops, each followed by a clamp; a strength of 0 skips its op
+  (as torchvision; hue 0 would otherwise round-trip through HSV)."""
+  enabled = (brightness > 0, contrast > 0, saturation > 0)
+  hue_at = jnp.argmax(params.order == 3)  # the hue's position in the order
+  # Each group of three slots is a `lax.scan` (one compiled body, not three unrolled copies:
+  # compile time matters on the CPU).
+  step = lambda x, k_active: (_blend_step(x, params.order[k_active[0]], k_active[1], params,
+                                          enabled), None)
+  before = jnp.arange(3)  # the positions that can come before the hue's
+  out, _ = jax.lax.scan(step, image, (before, before < hue_at))
+  if hue > 0:
+    out = _hue(out, params.hue)
+  after = jnp.arange(1, 4)  # and after it
+  out, _ = jax.lax.scan(step, out, (after, after > hue_at))
   return jnp.where(params.apply, out, image)
+
+
+def vmap_frames(frame_fn, images: jax.Array, params: JitterParams, **strengths: float) -> jax.Array:
+  """`frame_fn(frame, params, **strengths)` over `images [..., H, W, 3]`, `params` broadcast
+  to the batch shape `...`."""
+  batch_shape = images.shape[:-3]
+  flat = images.reshape(-1, *images.shape[-3:])
+  flat_params = jax.tree_util.tree_map(
+      lambda p: jnp.broadcast_to(p, batch_shape + p.shape[len(params.apply.shape):]).reshape(
+          -1, *p.shape[len(params.apply.shape):]), params)
+  fn = lambda x, p: frame_fn(x, p, **strengths)
+  return jax.vmap(fn)(flat, flat_params).reshape(images.shape)
 
 
 def color_jitter(images: jax.Array, params: JitterParams, *, brightness: float,
                  contrast: float, saturation: float, hue: float) -> jax.Array:
   """Applies draws to `images [..., H, W, 3]`; `params` broadcasts to the batch shape `...`
   (e.g. drawn `[B, N, 1]` to share one draw by all frames of a clip)."""
-  batch_shape = images.shape[:-3]
-  flat = images.reshape(-1, *images.shape[-3:])
-  flat_params = jax.tree_util.tree_map(
-      lambda p: jnp.broadcast_to(p, batch_shape + p.shape[len(params.apply.shape):]).reshape(
-          -1, *p.shape[len(params.apply.shape):]), params)
-  fn = lambda x, p: color_jitter_frame(x, p, brightness=brightness, contrast=contrast,
-                                       saturation=saturation, hue=hue)
-  return jax.vmap(fn)(flat, flat_params).reshape(images.shape)
+  return vmap_frames(color_jitter_frame, images, params, brightness=brightness,
+                     contrast=contrast, saturation=saturation, hue=hue)
