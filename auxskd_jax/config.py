@@ -213,7 +213,7 @@ def changed_keys(saved: dict[str, Any], config: ml_collections.ConfigDict,
   """The keys of the flat `saved` config (`flatten` of a config.json) whose value `config`
   changes, except RESUME_FREE_KEYS and `allowed` (keys `config` adds are not changes)."""
   allowed = tuple(RESUME_FREE_KEYS) + tuple(allowed)
-  now = flatten(_json_tree(config))
+  now = flatten(json_tree(config))
   return [k for k in sorted(set(saved) | set(now))
           if k in saved and now.get(k, "<absent>") != saved[k] and not _covered(k, allowed)]
 

@@ -327,13 +327,15 @@ def smoke_one(name: str, dtype: str, tiny: bool, devices: Sequence[Any],
 
   from auxskd_jax import ops
   from auxskd_jax.tasks import pretrain
+  from auxskd_jax.train import optim
   from auxskd_jax.train import step as step_lib
 
   config = smoke_config(name, dtype, tiny)
   cls = pretrain.method_class(name)
   cls.validate(config)
   method = cls(config, 101) if name == "finetune" else cls(config)
-  state = method.init_state(config, jax.random.PRNGKey(0), 1000, total_steps=100_000)
+  tx, schedule = optim.make_optimizer(config, 1000, 100_000)
+  state = method.init_state(config, jax.random.PRNGKey(0), tx, 1000)
   state = common.replicate(state, devices)
   size = (TINY_SMOKE if tiny else SMOKE)["frame_size"]
   recipe = method.recipe
@@ -341,7 +343,7 @@ def smoke_one(name: str, dtype: str, tiny: bool, devices: Sequence[Any],
       np.random.default_rng(0), int(config.train.batch_size), ops.num_views(recipe, config),
       ops.window_len(recipe, config), size, textured=False), devices)
   key = common.replicate(jax.random.PRNGKey(1), devices)
-  p_step = jax.pmap(method.train_step, axis_name=step_lib.AXIS, devices=devices,
+  p_step = jax.pmap(method.make_step(schedule), axis_name=step_lib.AXIS, devices=devices,
                     donate_argnums=(0,))
   before = counter.here()
   start = time.perf_counter()

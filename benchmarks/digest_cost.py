@@ -44,13 +44,15 @@ import orbax.checkpoint as ocp  # noqa: E402
 def paper_state(queue_size: int, width: int):
   """The auxSKD TrainState of the paper's config as host numpy arrays (random values)."""
   from auxskd_jax.methods.auxskd import AuxSKD
+  from auxskd_jax.train import optim
   from tests.tiny import load_config
 
   config = load_config("auxskd_r21d_k100")
   config.model.width = width
   config.auxskd.queue_size = queue_size
   method = AuxSKD(config)
-  shapes = jax.eval_shape(lambda rng: method.init_state(config, rng, 100, total_steps=1000),
+  tx, _ = optim.make_optimizer(config, 100, 1000)
+  shapes = jax.eval_shape(lambda rng: method.init_state(config, rng, tx, 100),
                           jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
 
