@@ -67,32 +67,48 @@ class DiskFullError(UserError):
 
 
 class Manager(ocp.CheckpointManager):
-  """orbax's manager plus the digest commit. After orbax has committed a step (its folder has
-  its final name), a background thread in every process writes that process's digest file
-  into it: a step is verified-complete once the files of all its processes are there."""
+  """orbax's manager plus the digest commit. A background thread hashes the saved state while
+  orbax writes it; after orbax has committed the step (its folder has its final name), the
+  next wait (before the next save, or at close) writes this process's digest file into it:
+  a step is verified-complete once the files of all its processes are there."""
 
   def __init__(self, *args: Any, **kwargs: Any):
     super().__init__(*args, **kwargs)
-    self._commits: list[threading.Thread] = []
+    self._commits: list[tuple[int, threading.Thread, dict[str, Any]]] = []
     self.verified: set[int] = set()  # steps committed or verified on restore by this run
     self.last_started: int | None = None  # the newest step whose save started
     self.failed: DiskFullError | None = None  # the same error again later; close() is quiet
     self._commit_error: tuple[int, BaseException] | None = None  # a digest write's full disk
 
   def commit_later(self, step: int, tree: Any, loader: dict[str, Any]) -> None:
-    """Digests `tree` and `loader` now, in the background, and writes them once `step` is
-    committed; `tree` must not change meanwhile (it is the host copy handed to orbax)."""
-    thread = threading.Thread(target=self._commit, args=(step, tree, loader),
-                              name=f"digest_commit_{step}", daemon=True)
-    thread.start()
-    self._commits.append(thread)
+    """Digests `tree` and `loader` now, in the background; the digest is written once `step`
+    is committed, by the next `wait_until_finished` (the next save's, or close's), in the
+    calling thread. `tree` must not change meanwhile (it is the host copy handed to orbax).
 
-  def _commit(self, step: int, tree: Any, loader: dict[str, Any]) -> None:
+    Only hashing runs in the thread: orbax's wait can run a cross-process collective, and a
+    collective from a second thread interleaves with the main thread's (the loader-state
+    allgather) and breaks both."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=self._digest, args=(step, tree, loader, out),
+                              name=f"digest_{step}", daemon=True)
+    thread.start()
+    self._commits.append((step, thread, out))
+
+  @staticmethod
+  def _digest(step: int, tree: Any, loader: dict[str, Any], out: dict[str, Any]) -> None:
     try:
-      record = {"format": DIGEST_FORMAT, "algorithm": digest_lib.ALGORITHM, "step": step,
-                "process_index": jax.process_index(), "process_count": jax.process_count(),
-                "arrays": digest_lib.tree_digests(tree), "loader": digest_lib.json_digest(loader)}
-      super().wait_until_finished()
+      out["record"] = {
+          "format": DIGEST_FORMAT, "algorithm": digest_lib.ALGORITHM, "step": step,
+          "process_index": jax.process_index(), "process_count": jax.process_count(),
+          "arrays": digest_lib.tree_digests(tree), "loader": digest_lib.json_digest(loader)}
+    except Exception as e:  # pylint: disable=broad-except
+      out["error"] = e
+
+  def _write_digest(self, step: int, out: dict[str, Any]) -> None:
+    """After orbax's wait: this process's digest file into the committed step."""
+    try:
+      if "error" in out:
+        raise out["error"]
       path = self.directory / str(step)
       # Process 0 renames the finished step into place; another process's view of it (and of
       # orbax's step list) can lag behind its own wait by a moment.
@@ -101,10 +117,10 @@ class Manager(ocp.CheckpointManager):
         time.sleep(0.2)
       if not path.is_dir():
         return  # orbax failed to commit the step (and said why): it stays unverified
-      _write_json(path / _digest_name(jax.process_index()), record)
+      _write_json(path / _digest_name(jax.process_index()), out["record"])
       self.verified.add(step)
     except Exception as e:  # pylint: disable=broad-except
-      if disk_full_cause(e):  # the main thread's wait says it, in one line
+      if disk_full_cause(e):  # wait_until_finished says it, in one line
         self._commit_error = (step, e)
         logging.info("Could not write the digest of checkpoint step %d (%s).", step,
                      _one_line(e))
@@ -112,10 +128,12 @@ class Manager(ocp.CheckpointManager):
       logging.warning("Could not write the digest of checkpoint step %d (%s); it will not count "
                       "as verified.", step, _one_line(e))
 
-  def _join_commits(self) -> None:
+  def _join_commits(self, write: bool = True) -> None:
     commits, self._commits = self._commits, []
-    for thread in commits:
+    for step, thread, out in commits:
       thread.join()
+      if write:
+        self._write_digest(step, out)
 
   def wait_until_finished(self) -> None:
     """orbax's wait, then this process's digest commits. A full disk in the save in flight
@@ -123,10 +141,16 @@ class Manager(ocp.CheckpointManager):
     try:
       super().wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      self._join_commits()
+      self._join_commits(write=False)  # the step in flight did not commit
       self._raise_if_disk_full(e, self.last_started)
       raise
-    self._join_commits()
+    if self._commits:
+      self._join_commits()
+      if jax.process_count() > 1:
+        # Every process's digest is on disk before any process goes on: a restore right after
+        # (or another process's check) must see the same complete step in every process, or
+        # their verification collectives would not pair up.
+        distributed.allgather_bytes(b"")
     if self._commit_error is not None:
       step, error = self._commit_error
       self._commit_error = None
@@ -239,11 +263,13 @@ def save(manager: Manager, step: int, host_state: state_lib.TrainState, loader_s
     if wait:
       manager.wait_until_finished()
     return False
+  # orbax waits for the previous save before it starts this one; waiting here first names the
+  # step a full disk failed (the previous one's error surfaces in this wait). It comes before
+  # the loader-state allgather: the previous save's background commit synchronises the
+  # processes too, and two collectives in flight at once (one per thread) break both.
+  manager.wait_until_finished()
   tree = jax.tree.map(np.asarray, state_lib.to_checkpoint(host_state))
   loader = gather_loader_states(loader_state)
-  # orbax waits for the previous save before it starts this one; waiting here first names the
-  # step a full disk failed (the previous one's error surfaces in this wait).
-  manager.wait_until_finished()
   try:
     started = manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree), loader=ocp.args.JsonSave(loader)), force=force,
