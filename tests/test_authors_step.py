@@ -372,6 +372,18 @@ def authors_queue(size: int, dim: int, per_key: bool) -> "torch.Tensor":
   return torch.nn.functional.normalize(torch.randn(size, dim), dim=0)
 
 
+def student_and_teacher(seed: int, **build: Any) -> tuple["torch.nn.Module", "torch.nn.Module"]:
+  """The authors' momentum pair: a torch backbone and its frozen copy (the teacher starts as
+  the student)."""
+  torch.manual_seed(seed)
+  student = reference_torch.build_torch(NAME, width=WIDTH, **build)
+  teacher = reference_torch.build_torch(NAME, width=WIDTH, **build)
+  teacher.load_state_dict(student.state_dict())
+  for p in teacher.parameters():
+    p.requires_grad = False
+  return student, teacher
+
+
 def test_auxskd_step_matches_authors():
   config = config_for("auxskd_r21d_k100")
   config.auxskd.queue_size, config.auxskd.momentum = QUEUE, EMA
@@ -382,12 +394,7 @@ def test_auxskd_step_matches_authors():
            "predict_q_c": Role("params", "predictor", "predictor"),
            "encoder_k": Role("extras", "teacher", "backbone", head)}
   harness = Harness.build(auxskd.AuxSKD, config, roles)
-  torch.manual_seed(2)
-  student = reference_torch.build_torch(NAME, num_classes=EMBED, width=WIDTH)
-  teacher = reference_torch.build_torch(NAME, num_classes=EMBED, width=WIDTH)
-  teacher.load_state_dict(student.state_dict())
-  for p in teacher.parameters():
-    p.requires_grad = False
+  student, teacher = student_and_teacher(2, num_classes=EMBED)
   modules = {"encoder_q": student, "encoder_k": teacher,
              "predict_q_c": reference_torch.predictor(EMBED, config.model.predictor_hidden)}
   run = authors.TorchRun(modules, ("encoder_q", "predict_q_c"), LR, 0.9,
@@ -418,12 +425,7 @@ def test_rspnet_step_matches_authors():
   roles = {"encoder_q": Role("params", "encoder", "backbone", heads),
            "encoder_k": Role("extras", "teacher", "backbone", heads)}
   harness = Harness.build(rspnet.RSPNet, config, roles)
-  torch.manual_seed(3)
-  enc_q = reference_torch.build_torch(NAME, heads=heads, width=WIDTH)
-  enc_k = reference_torch.build_torch(NAME, heads=heads, width=WIDTH)
-  enc_k.load_state_dict(enc_q.state_dict())
-  for p in enc_k.parameters():
-    p.requires_grad = False
+  enc_q, enc_k = student_and_teacher(3, heads=heads)
   run = authors.TorchRun({"encoder_q": enc_q, "encoder_k": enc_k}, ("encoder_q",), LR, 0.9,
                          config.optim.weight_decay, queue=authors_queue(QUEUE, EMBED, True))
   rng = np.random.default_rng(3)
