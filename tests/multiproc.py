@@ -123,6 +123,18 @@ def send(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     proc.send_signal(sig)
 
 
+def kill_once_exists(proc: subprocess.Popen, path: str, timeout: float = 600) -> bool:
+  """SIGKILLs `proc` as soon as `path` exists (or it ends, or `timeout` passes); whether it was
+  still running when killed (False: it ended first, so the kill tested nothing)."""
+  deadline = time.time() + timeout
+  while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  still_running = proc.poll() is None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return still_running
+
+
 def init_from_env(timeout: int = 60) -> None:
   """In a child: joins the job the parent described (a no-op when it described none)."""
   import ml_collections

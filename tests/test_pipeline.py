@@ -5,16 +5,15 @@ refused. And configs/paper_k100.py (and its variants) builds, every stage's valu
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from auxskd_jax import config as config_lib
 from auxskd_jax import tasks
 from auxskd_jax.tasks import pipeline
+import multiproc
 import tiny
 
 _ROOT = tiny.ROOT
@@ -196,12 +195,7 @@ def test_pipeline_end_to_end_kill_resume_rerun_and_refusal(tiny_prepared, tmp_pa
   proc = subprocess.Popen(_main(killed, data_dir), cwd=_ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   first = os.path.join(killed, "vspp2", "checkpoints", "2")
-  deadline = time.time() + 600
-  while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  still_running = proc.poll() is None
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  still_running = multiproc.kill_once_exists(proc, first, timeout=600)
   assert still_running, "the pipeline ended before it could be killed in its middle stage"
   assert os.path.isfile(os.path.join(killed, "vspp", pipeline.DONE))
   assert not os.path.isfile(os.path.join(killed, "vspp2", pipeline.DONE))

@@ -3,16 +3,16 @@ bitwise-equal to an uninterrupted run; VSPP then starts from the auxSKD checkpoi
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from auxskd_jax.train import checkpoint as ckpt_lib
+
+import multiproc
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.width=8", "--config.model.embed_dim=16",
@@ -52,12 +52,7 @@ def test_kill_resume_bitwise_then_vspp_from_auxskd(tiny_prepared, tmp_path):
   proc = subprocess.Popen(_cmd(cfg, tiny_prepared, killed, *AUX), cwd=_ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = os.path.join(ckpt_lib.checkpoint_dir(killed), "3")
-  deadline = time.time() + 900
-  while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  still_running = proc.poll() is None
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  still_running = multiproc.kill_once_exists(proc, first, timeout=900)
   assert still_running, "the run ended before it could be killed mid-training"
   subprocess.run(_cmd(cfg, tiny_prepared, killed, *AUX), check=True, cwd=_ROOT, env=env,
                  capture_output=True, timeout=900)
