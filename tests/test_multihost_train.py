@@ -96,8 +96,11 @@ def test_two_processes_match_one_process(config, tiny_prepared, tmp_path):
     assert r.returncode == 0, r
   l1, l2 = _losses(one), _losses(two)
   assert sorted(l1) == sorted(l2) == [1, 2, 3]
+  # step 1 agrees to ~1e-6 and step 3 to ~1e-5 (relative; jax 0.12, measured in CI): the sums
+  # associate differently across process counts and training grows the gap (see
+  # _assert_trees_close); a wrong shard or a missing all-reduce moves the loss by >= 1e-2
   for step in l1:
-    assert abs(l1[step] - l2[step]) <= 1e-5 * max(1.0, abs(l1[step])), (step, l1, l2)
+    assert abs(l1[step] - l2[step]) <= 1e-4 * max(1.0, abs(l1[step])), (step, l1, l2)
   s1, s2 = _final_state(one), _final_state(two)
   _assert_trees_close(s1["params"], s2["params"])
   if "extras" in s1 and "queue" in s1.get("extras", {}):
