@@ -155,6 +155,7 @@ def _run(argv: list[str]) -> None:
     task = tasks.of(config)
     if task.uses_workdir:  # a file, read-only or full: said now, not at the first write
       workdir_lock.check_writable(workdir)
+      lease_settings = workdir_lock.settings(config)
     runtime.apply(config)
     if "distributed" in config:  # configs without the section (prepare) run single-process
       distributed.initialize(config)
@@ -168,7 +169,8 @@ def _run(argv: list[str]) -> None:
     _fail(str(e))
   # One job per workdir: every process calls hold (process 0 takes the lease, the others check
   # that they joined the job holding it); a second run is refused here, in one line.
-  lease = workdir_lock.hold(workdir) if task.uses_workdir else contextlib.nullcontext()
+  lease = (workdir_lock.hold(workdir, **lease_settings) if task.uses_workdir
+           else contextlib.nullcontext())
   try:
     with lease:
       tasks.claim_workdir(task, config, workdir)

@@ -33,6 +33,7 @@ RESUME_FREE_KEYS = (
     "distributed.coordinator_address", "distributed.process_id", "distributed.num_processes",
     "distributed.initialization_timeout", "distributed.local_device_ids",
     "distributed.heartbeat_timeout", "distributed.first_collective_timeout", "logging",
+    "lease",
 )
 
 
@@ -60,6 +61,12 @@ def base_config() -> ml_collections.ConfigDict:
   from auxskd_jax import distributed  # local: distributed imports this module's errors
 
   c.distributed = distributed.config_section()
+  # The workdir lease (auxskd_jax/workdir_lock.py, docs/SCALING.md): the holder rewrites it every
+  # `renew_every` seconds; one not renewed for `stale_after` seconds is taken over, even from a
+  # process that still holds its lock (stopped, hung), which exits when it wakes.
+  c.lease = ml_collections.ConfigDict()
+  c.lease.renew_every = 30
+  c.lease.stale_after = 300
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "r21d_10"

@@ -7,7 +7,9 @@ daemon thread renews it while the run lives. `<workdir>/lease.lock` is held with
 where the filesystem supports it (local disks; NFS emulates it with POSIX locks), which makes the refusal exact; without
 locks the renewal time decides. A second run is refused with one line naming the holder. A
 lease whose process is gone (same host) or that was not renewed for `stale_after_s` is taken
-over with a warning.
+over with a warning, even from a process that still holds the lock but stopped renewing
+(stopped, hung): it exits with status 2 when it next finds the lease taken. The two times are
+the config's `lease.renew_every` and `lease.stale_after` (seconds).
 
 In a multi-process job only process 0 holds the lease; the others read it back (the workdir is
 on a filesystem every process shares, as checkpoints need) and check that it carries the token
@@ -39,6 +41,20 @@ RENEW_EVERY_S = 30.0  # how often the holder rewrites lease.json
 STALE_AFTER_S = 300.0  # a lease not renewed for this long is taken over
 _LOST_EXIT_CODE = 2  # the status of a run whose lease was taken over while it ran
 MIN_FREE_BYTES = 16 << 20  # less free space than this in the workdir's filesystem is "full"
+
+
+def settings(config: Any) -> dict[str, float]:
+  """`hold`'s keyword arguments from the config's `lease` section (defaults where a config has
+  none, e.g. `prepare`'s); raises UserError naming the key for a bad value."""
+  section = config.get("lease") if hasattr(config, "get") else None
+  renew = float(section.get("renew_every", RENEW_EVERY_S)) if section else RENEW_EVERY_S
+  stale = float(section.get("stale_after", STALE_AFTER_S)) if section else STALE_AFTER_S
+  if not renew > 0:
+    raise UserError(f"--config.lease.renew_every={renew:g}: give a positive number of seconds.")
+  if not stale >= 2 * renew:
+    raise UserError(f"--config.lease.stale_after={stale:g}: give at least twice "
+                    f"lease.renew_every ({renew:g} s), or a live run's lease looks stale.")
+  return {"renew_every_s": renew, "stale_after_s": stale}
 
 
 class WorkdirBusy(UserError):
@@ -194,20 +210,26 @@ class Lease:
       os.makedirs(self.workdir, exist_ok=True)
       locked = self._try_lock()
       other = _read(self.workdir)
-      if locked is False:
-        raise self._refuse(other, "")
       now = time.time()
+      if locked is False:
+        # A live process holds the lock. Only the renewal time can still free the workdir:
+        # a holder stopped (SIGSTOP), hung on I/O or with its renewal thread wedged.
+        if other is None or now - other.renewed <= self.stale_after_s:
+          raise self._refuse(other, "")
       if other is not None and other.token != self.holder.token:
         reason = _stale_reason(other, self.stale_after_s, now)
         if not reason and locked is None:
           raise self._refuse(other, "")
         if not reason:  # the lock is ours, so its holder is gone: a host renamed, pid reused
           reason = "no process holds its lock"
+        if locked is False:
+          reason += ("; its process still holds the lock, and exits when it next wakes and "
+                     "finds the lease taken")
         logging.warning("Taking over the stale lease of %s in %s: %s.", other.describe(now),
                         self.workdir, reason)
       self.holder.renewed = now
       _write(self.workdir, self.holder)
-      if locked is None:  # no locks: a run that wrote at the same moment wins or loses here
+      if not locked:  # no lock of ours: a run that wrote at the same moment wins or loses here
         time.sleep(0.2)
         current = _read(self.workdir)
         if current is None or current.token != self.holder.token:

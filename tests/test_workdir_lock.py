@@ -202,3 +202,61 @@ def test_cli_refuses_a_second_run_on_a_held_workdir(tmp_path):
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert f"is in use by pid {os.getpid()} on host {socket.gethostname()}" in lines[0]
   assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]  # nothing else written
+
+
+_STOPPED_HOLDER = """
+import sys, time
+from auxskd_jax import workdir_lock
+lease = workdir_lock.Lease(sys.argv[1], renew_every_s=0.1).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_holder_that_stopped_renewing_loses_the_lease_and_exits(tmp_path, caplog):
+  """A live process holds the fcntl lock but is stopped (SIGSTOP): once its lease is older than
+  stale_after it is taken over with a warning, and on SIGCONT the old holder exits with 2."""
+  import signal
+
+  workdir = str(tmp_path / "run")
+  child = subprocess.Popen([sys.executable, "-c", _STOPPED_HOLDER, workdir], cwd=_ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert child.stdout.readline().strip() == "held", child.stderr.read()
+    with pytest.raises(workdir_lock.WorkdirBusy):  # renewing: refused, lock or not
+      workdir_lock.Lease(workdir, stale_after_s=1).acquire()
+    os.kill(child.pid, signal.SIGSTOP)
+    time.sleep(1.5)
+    with caplog.at_level(logging.WARNING):
+      lease = workdir_lock.Lease(workdir, stale_after_s=1).acquire()
+    try:
+      assert _record(workdir)["token"] == lease.holder.token
+      assert "not renewed for" in caplog.text and "still holds the lock" in caplog.text
+      os.kill(child.pid, signal.SIGCONT)
+      assert child.wait(timeout=30) == 2
+      assert "lost the lease" in child.stderr.read()
+      assert _record(workdir)["token"] == lease.holder.token  # the old holder wrote nothing
+    finally:
+      lease.release()
+  finally:
+    if child.poll() is None:
+      os.kill(child.pid, signal.SIGCONT)
+      child.kill()
+      child.wait()
+
+
+def test_lease_times_come_from_the_config_and_bad_ones_name_the_key():
+  from auxskd_jax import config as config_lib
+
+  config = config_lib.base_config()
+  assert workdir_lock.settings(config) == {"renew_every_s": 30.0, "stale_after_s": 300.0}
+  config.lease.stale_after = 900
+  assert workdir_lock.settings(config)["stale_after_s"] == 900.0
+  assert workdir_lock.settings({}) == {"renew_every_s": workdir_lock.RENEW_EVERY_S,
+                                       "stale_after_s": workdir_lock.STALE_AFTER_S}
+  config.lease.renew_every = 0
+  with pytest.raises(UserError, match=r"^--config\.lease\.renew_every=0: give a positive"):
+    workdir_lock.settings(config)
+  config.lease.renew_every = 600
+  with pytest.raises(UserError, match=r"^--config\.lease\.stale_after=900: give at least twice"):
+    workdir_lock.settings(config)
