@@ -156,7 +156,7 @@ def _run(argv: list[str]) -> None:
     if task.uses_workdir:  # a file, read-only or full: said now, not at the first write
       workdir_lock.check_writable(workdir)
       lease_settings = workdir_lock.settings(config)
-    runtime.apply(config)
+    runtime.apply(task.runtime_config(config) if task.runtime_config else config)
     if "distributed" in config:  # configs without the section (prepare) run single-process
       distributed.initialize(config)
       distributed.setup_logging()

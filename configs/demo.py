@@ -27,7 +27,10 @@ def _stage(batch_size: int, steps: int, learning_rate: float) -> ml_collections.
 def get_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.task = "demo"
-  c.xla_fast_compile = True  # the demo is compile-bound on a CPU: unoptimised XLA codegen
+  # Optimised XLA codegen: the full demo spends its time training (3,150 steps), and
+  # unoptimised kernels made it 759 s instead of 417 s on a 2-core CPU (BENCHMARKS.md).
+  # demo.quick, which is compile-bound, switches to unoptimised codegen (51 s vs 65 s).
+  c.xla_fast_compile = False
   c.model.width = 8  # channels 8-16-32-64 instead of 64-128-256-512
   c.model.embed_dim = 64
   c.model.predictor_hidden = 256

@@ -209,3 +209,17 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
   out = capsys.readouterr().out
   assert out.count("done before, skipped") == 13
   assert again["rows"] == result["rows"]
+
+
+def test_the_quick_demo_compiles_unoptimised_and_the_full_demo_optimised():
+  """Process-wide settings come from the demo as it runs (Task.runtime_config): the full demo
+  trains for minutes (optimised codegen: 417 s against 759 s), the quick one is compile-bound."""
+  from auxskd_jax import tasks
+  from configs import demo as demo_config
+
+  config = demo_config.get_config()
+  task = tasks.of(config)
+  assert task.runtime_config(config).xla_fast_compile is False
+  config.demo.quick = True
+  assert task.runtime_config(config).xla_fast_compile is True
+  assert config.xla_fast_compile is False  # the user's config is not changed

@@ -27,9 +27,11 @@ INITS: dict[str, str] = {
 def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy shrunk to a smoke test of the pipeline: a few tiny videos, a few steps per stage,
   4-frame 16x16 clips and R3D-10 (which compiles in half the time of R(2+1)D-10 on a CPU;
-  compilation, not training, is what a smoke run spends its time on)."""
+  compilation, not training, is what a smoke run spends its time on, hence also unoptimised
+  XLA codegen: `xla_fast_compile`)."""
   c = copy.deepcopy(config)
   with c.unlocked():
+    c.xla_fast_compile = True
     d = c.demo
     d.size, d.num_frames = 20, 12
     d.train_per_class, d.test_per_class = 2, 1

@@ -41,12 +41,15 @@ class Task:
   a summary. `uses_workdir=False`: the task writes elsewhere (prepare writes to data_dir), so
   main.py neither checks nor writes the workdir's config.json. `check_resume(config, workdir,
   allow)`: the task's own resume rule (the pipeline's checks each stage's sub-workdir); None =
-  `config.check_resume`."""
+  `config.check_resume`. `runtime_config(config)`: the config whose process-wide settings
+  (`runtime.apply`: PRNG, XLA codegen, compilation cache) the run uses, when the task derives
+  them (the demo's quick mode); None = `config`."""
   name: str
   validate: Callable[[ml_collections.ConfigDict], None]
   run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
   uses_workdir: bool = True
   check_resume: Callable[..., None] | None = None
+  runtime_config: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict] | None = None
 
 
 def check_workdir(task: Task, config: ml_collections.ConfigDict, workdir: str, *,

@@ -60,15 +60,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   pipeline.check_structure(_pipeline(config, "."))  # every stage's values; files: at its start
 
 
+def _effective(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The demo as it runs: `stages.quick(config)` in quick mode."""
+  return stages.quick(config) if config.demo.quick else config
+
+
 def _pipeline(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  return stages.pipeline_config(stages.quick(config) if config.demo.quick else config, workdir)
+  return stages.pipeline_config(_effective(config), workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the demo's pipeline in `workdir` (skipping finished stages); returns the results."""
   from auxskd_jax.tasks import pipeline
 
-  run_config = stages.quick(config) if config.demo.quick else config  # for the header
+  run_config = _effective(config)  # for the header
   t_start = time.time()
 
   def describe(done: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -87,4 +92,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return pipeline.run(stages.pipeline_config(run_config, workdir), workdir, describe=describe)
 
 
-TASK = Task("demo", validate, run)
+TASK = Task("demo", validate, run, runtime_config=_effective)
