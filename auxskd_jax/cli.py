@@ -84,6 +84,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:  # an unknown --flag, a value of the wrong type, flags out of order
+    raised = _config_file_error(str(e))
+    if raised:
+      _fail(raised)
     lines = str(e).strip().splitlines()
     _fail(" ".join(lines[0].split()) + (" ..." if len(lines) > 1 else "")
           + " (python main.py --helpshort lists the flags).")
@@ -96,6 +99,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(f"--config={path}: cannot load this config file (does it exist?); use one of "
           "configs/*.py.")
   return rest
+
+
+def _config_file_error(message: str) -> str:
+  """One line for a config file whose get_config() raised (absl reports it as a traceback):
+  the exception, and the file line it came from; "" for other flag errors."""
+  if "Error whilst parsing config file" not in message:
+    return ""
+  flag = message.split(": Error whilst parsing", 1)[0].removeprefix("flag ")
+  lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+  where = [m for line in lines if (m := re.match(r'File "(.+)", line (\d+)', line))]
+  exc = lines[-1]
+  kind, _, text = exc.partition(": ")
+  if kind.endswith(("ValueError", "ConfigError")) and text.startswith("configs/"):
+    return f"{flag}: {text.split(': ', 1)[-1]}"  # our configs name the file themselves
+  at = f" (at {where[-1].group(1)}:{where[-1].group(2)})" if where else ""
+  return f"{flag}: its get_config() raised {exc}{at}."
 
 
 def _resolve_config_arg(arg: str) -> str:

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from auxskd_jax import cli_help, tasks
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,3 +58,30 @@ def test_show_config_prints_keys_defaults_and_help_and_does_nothing(tmp_path):
     assert key in by_key, key
   assert os.listdir(tmp_path) == []  # no workdir, no runs/, no config.json
   assert "task=" not in out.stderr  # the task never started
+
+
+def _config_flag_error(arg: str) -> str:
+  """What absl raises for `--config=<arg>` (a fresh flag set, as main.py defines it)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values)
+  with pytest.raises(flags.Error) as e:
+    values(["main.py", f"--config={arg}"])
+  return str(e.value)
+
+
+def test_a_config_file_that_raises_is_one_line(tmp_path):
+  """A bad config variant (paper_k100.py:bogus) or a get_config() that raises: the exception in
+  one line, not absl's 'Error whilst parsing config file: ...'."""
+  from auxskd_jax import cli
+
+  assert cli._config_file_error(_config_flag_error("configs/paper_k100.py:bogus")) == (
+      "--config=configs/paper_k100.py:bogus: choose one of vspp, vcop, pace, rspnet.")
+  path = tmp_path / "mine.py"
+  path.write_text("def get_config():\n  raise ValueError('set data.name first')\n")
+  assert cli._config_file_error(_config_flag_error(str(path))) == (
+      f"--config={path}: its get_config() raised ValueError: set data.name first "
+      f"(at {path}:2).")
+  assert cli._config_file_error("flag --config.train.num_steps=x: invalid literal") == ""
