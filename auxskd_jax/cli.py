@@ -208,6 +208,16 @@ def _run(argv: list[str]) -> None:
           "same command again: it resumes from the last verified checkpoint.", prefix="Error")
 
 
+INTERRUPTED_EXIT_CODE = 130  # what shells report for a process ended by Ctrl-C
+
+
 def main() -> None:
   """The console entry point (`auxskd`, `python main.py`)."""
-  app.run(_run, flags_parser=_parse_flags)
+  try:
+    app.run(_run, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # Ctrl-C outside a training loop (imports, data, compiling, eval)
+    # A training loop turns Ctrl-C into a save and Preempted; outside one there is nothing to
+    # save, and the workdir lease has been given back by the `with` it left.
+    sys.stderr.write("Interrupted (Ctrl-C) outside a training loop, with nothing to save; "
+                     "start the same command again: it resumes from what is saved.\n")
+    sys.exit(INTERRUPTED_EXIT_CODE)
