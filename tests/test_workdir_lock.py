@@ -260,3 +260,30 @@ def test_lease_times_come_from_the_config_and_bad_ones_name_the_key():
   config.lease.renew_every = 600
   with pytest.raises(UserError, match=r"^--config\.lease\.stale_after=900: give at least twice"):
     workdir_lock.settings(config)
+
+
+def test_ctrl_c_before_the_loop_is_one_line_and_gives_the_lease_back(tiny_prepared, tmp_path):
+  """SIGINT once the run holds its lease (it is loading data and compiling): status 130, one
+  line, no traceback, and lease.json is gone, so the same command can start again at once."""
+  import signal
+
+  data_dir, name = tiny_prepared
+  workdir = str(tmp_path / "run")
+  proc = subprocess.Popen(
+      [sys.executable, "main.py", "--config=configs/vspp_r21d_k100.py", f"--workdir={workdir}",
+       f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
+       "--config.model.name=r3d_10", "--config.model.width=4", "--config.clip.clip_len=4",
+       "--config.clip.num_segments=2", "--config.clip.max_speed=2", "--config.clip.crop_size=16",
+       "--config.train.batch_size=4", "--config.train.num_steps=2"],
+      cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  lease = os.path.join(workdir, workdir_lock.LEASE_FILE)
+  deadline = time.time() + 120
+  while not os.path.exists(lease) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("I1", "W1"))]
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err and lines[-1].startswith("Interrupted (Ctrl-C) outside a "
+                                                         "training loop"), err[-3000:]
+  assert not os.path.exists(lease)
