@@ -208,16 +208,14 @@ def _run(argv: list[str]) -> None:
           "same command again: it resumes from the last verified checkpoint.", prefix="Error")
 
 
-INTERRUPTED_EXIT_CODE = 130  # what shells report for a process ended by Ctrl-C
-
-
 def main() -> None:
   """The console entry point (`auxskd`, `python main.py`)."""
   try:
     app.run(_run, flags_parser=_parse_flags)
-  except KeyboardInterrupt:  # Ctrl-C outside a training loop (imports, data, compiling, eval)
-    # A training loop turns Ctrl-C into a save and Preempted; outside one there is nothing to
-    # save, and the workdir lease has been given back by the `with` it left.
-    sys.stderr.write("Interrupted (Ctrl-C) outside a training loop, with nothing to save; "
-                     "start the same command again: it resumes from what is saved.\n")
-    sys.exit(INTERRUPTED_EXIT_CODE)
+  except KeyboardInterrupt:  # Ctrl-C before preemption's early handler was installed
+    # A training loop turns Ctrl-C into a save and Preempted; the early handler exits at once
+    # outside one (train/preemption.py). Before it there is nothing to save and no lease.
+    from auxskd_jax.train import preemption
+
+    sys.stderr.write(preemption.INTERRUPTED_MESSAGE + "\n")
+    sys.exit(preemption.INTERRUPTED_EXIT_CODE)

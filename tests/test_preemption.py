@@ -121,19 +121,22 @@ def test_preempted_names_the_step_and_exit_code():
 
 
 def test_the_early_handler_hands_over_to_the_guard_and_back():
-  old = signal.getsignal(signal.SIGTERM)
+  old, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
   try:
     assert preemption.install_early_sigterm()
     assert signal.getsignal(signal.SIGTERM) is preemption._early_handler
+    assert signal.getsignal(signal.SIGINT) is preemption._early_handler  # Ctrl-C: 130 at once
     with preemption.PreemptionGuard():
       handler = signal.getsignal(signal.SIGTERM)
       assert handler is not preemption._early_handler
       os.kill(os.getpid(), signal.SIGTERM)  # the guard's: a request, no exit (the watcher
       assert _wait_for(lambda: handler.__self__.requested)  # thread sees it and stands by)
     assert signal.getsignal(signal.SIGTERM) is preemption._early_handler
+    assert signal.getsignal(signal.SIGINT) is preemption._early_handler
   finally:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, old)
+    signal.signal(signal.SIGINT, old_int)
 
 
 def _wait_for(predicate, seconds: float = 10.0) -> bool:

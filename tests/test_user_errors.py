@@ -147,7 +147,7 @@ def test_cli_maps_what_a_task_raises_to_its_exit_status(tmp_path, monkeypatch, c
   monkeypatch.setattr(sys, "argv", ["main.py", "--config=configs/demo.py"])
   workdir = str(tmp_path / "run")
   flags.FLAGS(["main.py", "--config=configs/demo.py", f"--workdir={workdir}"])
-  old = signal.getsignal(signal.SIGTERM)
+  old, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
   try:
     if code is None:
       with pytest.raises(RuntimeError, match="a bug"):
@@ -159,6 +159,7 @@ def test_cli_maps_what_a_task_raises_to_its_exit_status(tmp_path, monkeypatch, c
   finally:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, old)
+    signal.signal(signal.SIGINT, old_int)
     flags.FLAGS.unparse_flags()
   err = capsys.readouterr().err
   if match:

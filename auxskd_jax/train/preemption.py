@@ -48,12 +48,16 @@ _EARLY_EXIT_LOCK = threading.Lock()
 _EARLY_PID: int | None = None  # the process that installed the early handler
 
 
-def _early_exit(where: str) -> None:
-  """Ends the process with status 42 now: nothing new to save. The lease (distributed's abort
-  hooks) is given back first."""
-  if os.getpid() != _EARLY_PID:  # a forked child inherited the handler: SIGTERM's default
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+INTERRUPTED_MESSAGE = ("Interrupted (Ctrl-C) outside a training loop, with nothing to save; "
+                       "start the same command again: it resumes from what is saved.")
+
+
+def _early_exit(where: str, signum: int = signal.SIGTERM) -> None:
+  """Ends the process now, with nothing new to save: status 42 for SIGTERM (requeue), 130 for
+  Ctrl-C. The lease (distributed's abort hooks) is given back first."""
+  if os.getpid() != _EARLY_PID:  # a forked child inherited the handler: the signal's default
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
     return
   if not _EARLY_EXIT_LOCK.acquire(blocking=False):
     return  # the other path (thread or handler) is exiting already
@@ -64,22 +68,28 @@ def _early_exit(where: str) -> None:
       hook()
     except Exception:  # pylint: disable=broad-except  (exiting anyway)
       pass
-  sys.stderr.write(f"SIGTERM {where}: nothing new to save; exiting with status "
-                   f"{PREEMPTED_EXIT_CODE}. Start the same command again to continue (from the "
-                   "last checkpoint, if any).\n")
+  if signum == signal.SIGINT:
+    sys.stderr.write(INTERRUPTED_MESSAGE + "\n")
+    code = INTERRUPTED_EXIT_CODE
+  else:
+    sys.stderr.write(f"SIGTERM {where}: nothing new to save; exiting with status "
+                     f"{PREEMPTED_EXIT_CODE}. Start the same command again to continue (from "
+                     "the last checkpoint, if any).\n")
+    code = PREEMPTED_EXIT_CODE
   sys.stderr.flush()
-  os._exit(PREEMPTED_EXIT_CODE)
+  os._exit(code)
 
 
 def _early_handler(signum: int, frame: types.FrameType | None) -> None:
-  del signum, frame
-  _early_exit("outside the training loop")
+  del frame
+  _early_exit("outside the training loop", signum)
 
 
 def _watch_wakeup(read_fd: int) -> None:
   """The C-level handler writes each signal's number here at once, even while the main thread
-  is inside a long C++ call (an XLA compile) where no Python handler can run: exit from here
-  when SIGTERM arrives while the early handler (not a PreemptionGuard's) is installed."""
+  is inside a long C++ call (an XLA compile) where no Python handler can run, or inside a
+  garbage-collector callback, where a raised KeyboardInterrupt is ignored: exit from here when
+  SIGTERM or SIGINT arrives while the early handler (not a PreemptionGuard's) is installed."""
   while True:
     try:
       data = os.read(read_fd, 64)
@@ -89,14 +99,15 @@ def _watch_wakeup(read_fd: int) -> None:
       return
     if not data:
       return
-    if signal.SIGTERM in data and signal.getsignal(signal.SIGTERM) is _early_handler:
-      _early_exit("before or after the training loop (while compiling, loading data or "
-                  "evaluating)")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      if signum in data and signal.getsignal(signum) is _early_handler:
+        _early_exit("before or after the training loop (while compiling, loading data or "
+                    "evaluating)", signum)
 
 
 def install_early_sigterm() -> bool:
-  """SIGTERM exits with status 42 at once until a `PreemptionGuard` takes over (and again
-  after it hands back). Call from the main thread as soon as the flags are parsed; before
+  """SIGTERM exits with status 42 at once (Ctrl-C: 130) until a `PreemptionGuard` takes over
+  (and again after it hands back). Call from the main thread as soon as the flags are parsed; before
   `jax.distributed` starts (it then owns SIGTERM in a multi-process job and the loop stops at an
   agreed step). Returns whether it was installed."""
   global _EARLY_PID
@@ -104,6 +115,7 @@ def install_early_sigterm() -> bool:
     return False
   _EARLY_PID = os.getpid()
   signal.signal(signal.SIGTERM, _early_handler)
+  signal.signal(signal.SIGINT, _early_handler)
   try:
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
