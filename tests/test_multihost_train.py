@@ -233,7 +233,7 @@ def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_f
     _assert_trees_close(a[key], b[key], scale_tol=0.0, atol=0.0)  # same process count: bitwise
   assert _losses(one) == _losses(killed)
 
-  _ok(_run_job(_flags(cfg, tiny_prepared, two, 3, extra), processes=2, devices=2))
+  _ok(_run_job(_flags(cfg, tiny_prepared, two, 3, extra, save_every=3), processes=2, devices=2))
   l1, l2 = _losses(one), _losses(two)
   assert sorted(l2) == [1, 2, 3]
   _assert_losses_close(l1, l2, (1, 2, 3))
@@ -244,7 +244,7 @@ def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_f
   # only process 0 wrote the logs, once
   assert [r["step"] for r in _rows(two)] == [1, 2, 3]
   # the 2 x 2 pretraining continues on 1 x 4 (same global batch) as the 1 x 4 run does
-  _ok(_run_job(_flags(cfg, tiny_prepared, two, 5, extra)
+  _ok(_run_job(_flags(cfg, tiny_prepared, two, 5, extra, save_every=5)
                + ["--config.resume_overrides=train.num_steps"], processes=1, devices=4))
   l2 = _losses(two)
   assert sorted(l2) == [1, 2, 3, 4, 5]
@@ -279,7 +279,8 @@ def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_f
   # VSPP from the auxSKD checkpoint; log_every=2 over 3 steps logs steps 2 and 3 (the last)
   vspp = str(tmp_path / "vspp")
   (out,) = _run_job(_flags("vspp_r21d_k100.py", tiny_prepared, vspp, 3,
-                           [f"--config.train.init_from={one}", "--verbose"], log_every=2), 1, 4)
+                           [f"--config.train.init_from={one}", "--verbose"], log_every=2,
+                           save_every=3), 1, 4)
   assert out.returncode == 0, out
   assert "loaded layers: " in out.stderr and "conv1/temporal_spatial_conv" in out.stderr
   rows = _rows(vspp)
