@@ -1,6 +1,12 @@
-"""The training loop across processes (issue 12), on localhost with CPU collectives (gloo):
-2 processes x 2 devices against 1 process x 4 devices, the same global batch and data; the
-2-process checkpoint in a 1-process run; SIGTERM saves, exits 42 and resumes exactly."""
+"""The training loop end to end through main.py, and across processes (issue 12) on localhost
+with CPU collectives (gloo): 2 processes x 2 devices against 1 process x 4 devices, the same
+global batch and data; the 2-process checkpoint in a 1-process run and in retrieval; SIGTERM
+saves, exits 42 and resumes exactly; SIGKILL and resume ends bitwise-equal; VSPP starts from
+an auxSKD checkpoint.
+
+Each test launches every run it compares once (a main.py launch costs imports and compiles),
+and the runs to interrupt are set far longer than they get to run, so the signal always lands
+mid-run; the uninterrupted runs to compare with start once the stop step is known."""
 
 import json
 import os
@@ -18,8 +24,8 @@ ROOT = multiproc.ROOT
 pytestmark = pytest.mark.slow
 
 
-def _flags(config: str, data, workdir: str, steps: int, extra=(), save_every: int = 2, batch: int = 8
-           ) -> list[str]:
+def _flags(config: str, data, workdir: str, steps: int, extra=(), save_every: int = 2,
+           batch: int = 8, log_every: int = 1) -> list[str]:
   data_dir, name = data
   return [f"--config=configs/{config}", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
@@ -30,25 +36,34 @@ def _flags(config: str, data, workdir: str, steps: int, extra=(), save_every: in
           # where the float noise of different all-reduce orders flips ReLUs and grows ~1000x a
           # step (measured); Kaiming init keeps a 2 x 2 run within 1e-5 of a 1 x 4 one.
           "--config.model.init=kaiming",
-          f"--config.train.num_steps={steps}", "--config.train.log_every=1",
+          f"--config.train.num_steps={steps}", f"--config.train.log_every={log_every}",
           f"--config.train.checkpoint_every={save_every}", "--config.xla_fast_compile=True", *extra]
 
 
-def _run_job(args: list[str], processes: int, devices: int, timeout: float = 400):
-  """main.py as one job of `processes` processes with `devices` CPU devices each."""
+def _launch_job(args: list[str], processes: int, devices: int) -> list[subprocess.Popen]:
+  """Starts main.py as one job of `processes` processes with `devices` CPU devices each."""
   if processes == 1:
-    out = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                         text=True, env=multiproc.child_env(devices), timeout=timeout)
-    return [multiproc.Result(0, out.returncode, out.stdout, out.stderr)]
+    return [subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT,
+                             env=multiproc.child_env(devices), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)]
   address = f"127.0.0.1:{multiproc.free_port()}"
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       [sys.executable, "main.py", *args,
        f"--config.distributed.coordinator_address={address}",
        f"--config.distributed.num_processes={processes}",
        f"--config.distributed.process_id={i}"],
       cwd=ROOT, env=multiproc.child_env(devices), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(processes)]
-  return multiproc.wait(procs, timeout=timeout)
+
+
+def _run_job(args: list[str], processes: int, devices: int, timeout: float = 400):
+  """main.py as one job of `processes` processes with `devices` CPU devices each, to the end."""
+  return multiproc.wait(_launch_job(args, processes, devices), timeout=timeout)
+
+
+def _ok(results) -> None:
+  for r in results:
+    assert r.returncode == 0, r
 
 
 def _read(path: str) -> str:
@@ -84,140 +99,194 @@ def _assert_trees_close(a, b, scale_tol=5e-3, atol=1e-6):
       assert np.abs(x - y).max() <= scale_tol * np.abs(x).max() + atol
 
 
-@pytest.mark.parametrize("config", ["auxskd_r21d_k100.py", "vspp_r21d_k100.py"])
-def test_two_processes_match_one_process(config, tiny_prepared, tmp_path):
-  extra = ["--config.auxskd.queue_size=16"] if config.startswith("auxskd") else []
-  one = str(tmp_path / "one")
-  two = str(tmp_path / "two")
-  results = _run_job(_flags(config, tiny_prepared, one, 3, extra), processes=1, devices=4)
-  assert results[0].returncode == 0, results[0]
-  results = _run_job(_flags(config, tiny_prepared, two, 3, extra), processes=2, devices=2)
-  for r in results:
-    assert r.returncode == 0, r
-  l1, l2 = _losses(one), _losses(two)
-  assert sorted(l1) == sorted(l2) == [1, 2, 3]
+def _rows(workdir: str) -> list[dict]:
+  """The train rows of metrics.jsonl, in file order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r.get("split") == "train"]
+
+
+def _saved_steps(workdir: str) -> list[int]:
+  from auxskd_jax.train import checkpoint as ckpt_lib
+
+  return sorted(int(s) for s in os.listdir(ckpt_lib.checkpoint_dir(workdir)) if s.isdigit())
+
+
+def _step_state(workdir: str, step: int) -> dict:
+  """The state saved at `step` (kept: the runs that need it set keep_checkpoints high)."""
+  from auxskd_jax.train import checkpoint as ckpt_lib
+
+  return ckpt_lib.restore_variables(os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step)))
+
+
+def _assert_losses_close(l1: dict, l2: dict, steps) -> None:
   # step 1 agrees to ~1e-6 and step 3 to ~1e-5 (relative; jax 0.12, measured in CI): the sums
   # associate differently across process counts and training grows the gap (see
   # _assert_trees_close); a wrong shard or a missing all-reduce moves the loss by >= 1e-2
-  for step in l1:
+  for step in steps:
     assert abs(l1[step] - l2[step]) <= 1e-4 * max(1.0, abs(l1[step])), (step, l1, l2)
-  s1, s2 = _final_state(one), _final_state(two)
-  _assert_trees_close(s1["params"], s2["params"])
-  if "extras" in s1 and "queue" in s1.get("extras", {}):
-    _assert_trees_close(s1["extras"]["queue"], s2["extras"]["queue"])
-    assert int(s1["extras"]["queue_ptr"]) == int(s2["extras"]["queue_ptr"]) == 3 * 8 % 16
-  # only process 0 wrote the logs, once
-  assert len(_losses(two)) == 3
-  if config.startswith("auxskd"):
-    # the 2 x 2 pretraining continues on 1 x 4 (same global batch) as the 1 x 4 run does
-    for workdir in (one, two):
-      out = _run_job(_flags(config, tiny_prepared, workdir, 5, extra)
-                     + ["--config.resume_overrides=train.num_steps"], processes=1, devices=4)
-      assert out[0].returncode == 0, out[0]
-    l1, l2 = _losses(one), _losses(two)
-    assert sorted(l2) == [1, 2, 3, 4, 5]
-    # Both continue exactly from their own step 3; the two step-3 states already differ by the
-    # float noise of 2 x 2 vs 1 x 4 (~1e-5 relative), which the next steps carry on.
-    for step in (4, 5):
-      assert abs(l1[step] - l2[step]) <= 1e-4 * max(1.0, abs(l1[step])), (step, l1, l2)
-    # the 2-process checkpoint serves a 1-process, 1-device retrieval
-    ret = str(tmp_path / "ret")
-    data_dir, name = tiny_prepared
-    out_args = [
-        "--config=configs/retrieval_r21d_ucf101.py", f"--workdir={ret}",
-        f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
-        "--config.model.name=r3d_10", "--config.model.width=4", "--config.clip.clip_len=4",
-        "--config.clip.crop_size=16", "--config.clip.eval_clips=2", "--config.eval.topk=(1,)",
-        "--config.eval.feature_layer=pool", f"--config.eval.init_from={two}",
-        "--config.xla_fast_compile=True"]
-    out = _run_job(out_args, processes=1, devices=1)
-    assert out[0].returncode == 0, out[0]
-    record = json.loads(_read(os.path.join(ret, "results.json")))
-    assert 0.0 <= record["metrics"]["top1"] <= 1.0
-    # the same evaluation as a 2 x 2 job: each process extracts its share of the videos, the
-    # features are gathered, process 0 alone writes the same report
-    ret2 = str(tmp_path / "ret2")
-    args = [a.replace(ret, ret2) for a in out_args]
-    for r in _run_job(args, processes=2, devices=2):
-      assert r.returncode == 0, r
-    record2 = json.loads(_read(os.path.join(ret2, "results.json")))
-    assert record2["metrics"] == record["metrics"]
-    assert record2["num_queries"] == record["num_queries"] == 6
-    assert record2["num_gallery"] == record["num_gallery"] == 12
-    assert len(_read(os.path.join(ret2, "results.md")).splitlines()) == \
-        len(_read(os.path.join(ret, "results.md")).splitlines())
 
 
-def test_sigterm_saves_exits_42_and_resumes_exactly(tiny_prepared, tmp_path):
-  from auxskd_jax.train import checkpoint as ckpt_lib
+def _sigterm_once_logged(args: list[str], workdir: str, processes: int, devices: int,
+                         target: int, logged: int) -> int:
+  """Starts main.py (a long run), SIGTERMs process `target` once `logged` steps are logged,
+  checks that every process exits 42 having saved the agreed step (and only it: no periodic
+  save), and returns that step."""
   from auxskd_jax.train import preemption
 
-  steps = 300
-  straight = str(tmp_path / "straight")
-  stopped = str(tmp_path / "stopped")
-  out = _run_job(_flags("vspp_r21d_k100.py", tiny_prepared, straight, steps, save_every=1000), 1, 4)
-  assert out[0].returncode == 0, out[0]
-  args = _flags("vspp_r21d_k100.py", tiny_prepared, stopped, steps, save_every=1000)
-  proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT,
-                          env=multiproc.child_env(4), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  path = os.path.join(stopped, "metrics.jsonl")
-  deadline = time.monotonic() + 300
-  while time.monotonic() < deadline and proc.poll() is None:
-    if os.path.exists(path) and len(_read(path).splitlines()) >= 5:
-      break
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=200)
-  assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-3000:]
-  saved = sorted(int(s) for s in os.listdir(ckpt_lib.checkpoint_dir(stopped)) if s.isdigit())
-  stop_step = saved[-1]
-  assert 5 <= stop_step < steps  # the agreed step itself (no periodic save before the end)
-  logged = _losses(stopped)
-  assert max(logged) == stop_step
-  out = _run_job(args, 1, 4)
-  assert out[0].returncode == 0, out[0]
-  l_straight, l_resumed = _losses(straight), _losses(stopped)
-  assert sorted(l_resumed) == list(range(1, steps + 1))
-  assert l_straight == l_resumed  # same process count: bitwise
-  _assert_trees_close(_final_state(straight)["params"], _final_state(stopped)["params"],
-                      scale_tol=0.0, atol=0.0)  # same process count: bitwise
-
-
-def test_sigterm_to_a_two_process_job_stops_both_at_one_step(tiny_prepared, tmp_path):
-  """SIGTERM to one process of a 2 x 2 job (a preemption notice reaching one host): both stop
-  at the same step with status 42, that step is saved, and the restarted job finishes with the
-  losses of an uninterrupted 2 x 2 job."""
-  from auxskd_jax.train import checkpoint as ckpt_lib
-  from auxskd_jax.train import preemption
-
-  steps = 300
-  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
-  for r in _run_job(_flags("vspp_r21d_k100.py", tiny_prepared, straight, steps,
-                           save_every=1000), 2, 2):
-    assert r.returncode == 0, r
-  args = _flags("vspp_r21d_k100.py", tiny_prepared, stopped, steps, save_every=1000)
-  address = f"127.0.0.1:{multiproc.free_port()}"
-  procs = [subprocess.Popen(
-      [sys.executable, "main.py", *args, f"--config.distributed.coordinator_address={address}",
-       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
-      cwd=ROOT, env=multiproc.child_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
-  path = os.path.join(stopped, "metrics.jsonl")
+  procs = _launch_job(args, processes, devices)
+  path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-    if os.path.exists(path) and len(_read(path).splitlines()) >= 5:
+    if os.path.exists(path) and len(_read(path).splitlines()) >= logged:
       break
-    time.sleep(0.2)
-  procs[1].send_signal(signal.SIGTERM)
-  results = multiproc.wait(procs, timeout=200)
-  for r in results:
+    time.sleep(0.05)
+  multiproc.send(procs[target], signal.SIGTERM)
+  for r in multiproc.wait(procs, timeout=200):
     assert r.returncode == preemption.PREEMPTED_EXIT_CODE, r
-  saved = sorted(int(s) for s in os.listdir(ckpt_lib.checkpoint_dir(stopped)) if s.isdigit())
-  assert 5 <= saved[-1] < steps and max(_losses(stopped)) == saved[-1]
-  for r in _run_job(args, 2, 2):
-    assert r.returncode == 0, r
-  assert _losses(stopped) == _losses(straight)
+  saved = _saved_steps(workdir)
+  assert len(saved) == 1 and saved[0] >= logged, saved  # the agreed step itself
+  assert max(_losses(workdir)) == saved[0]
+  return saved[0]
+
+
+def test_vspp_sigterm_resumes_exactly_in_one_and_two_processes_which_match(tiny_prepared,
+                                                                          tmp_path):
+  """VSPP through main.py. SIGTERM to a 1 x 4 run, and to one process of a 2 x 2 job (a
+  preemption notice reaching one host): every process stops at one agreed step s with status
+  42, that step alone is saved, and the restarted run (told to end at s + 2) ends bitwise-equal
+  to an uninterrupted run of s + 2 steps with the same process count. The uninterrupted 1 x 4
+  and 2 x 2 runs (same global batch and data) agree to the float noise of their all-reduces.
+
+  The signalled runs are set 10**4 steps so the signal always lands mid-run; the straight runs
+  are started only once s is known. The 'step' schedule (x0.1 every 6 epochs of 15 steps) and
+  everything else a step computes do not depend on train.num_steps."""
+  cfg, long = "vspp_r21d_k100.py", 10_000
+  jobs = {"1x4": (1, 4, 0), "2x2": (2, 2, 1)}  # processes, devices each, the one signalled
+  ends = {}
+  for name, (processes, devices, target) in jobs.items():
+    stopped = str(tmp_path / f"stopped_{name}")
+    stop = _sigterm_once_logged(
+        _flags(cfg, tiny_prepared, stopped, long, save_every=1000), stopped, processes, devices,
+        target, logged=2)
+    ends[name] = stop + 2
+  for name, (processes, devices, _) in jobs.items():
+    # step 3 is kept for the 1 x 4 vs 2 x 2 comparison
+    _ok(_run_job(_flags(cfg, tiny_prepared, str(tmp_path / f"straight_{name}"), ends[name],
+                        ["--config.train.keep_checkpoints=50"], save_every=3),
+                 processes, devices))
+    stopped = str(tmp_path / f"stopped_{name}")
+    _ok(_run_job(_flags(cfg, tiny_prepared, stopped, ends[name],
+                        ["--config.resume_overrides=train.num_steps"], save_every=1000),
+                 processes, devices))
+  for name in jobs:
+    straight, stopped = str(tmp_path / f"straight_{name}"), str(tmp_path / f"stopped_{name}")
+    l_straight, l_resumed = _losses(straight), _losses(stopped)
+    assert sorted(l_resumed) == list(range(1, ends[name] + 1))
+    assert l_straight == l_resumed  # same process count: bitwise
+    _assert_trees_close(_final_state(straight)["params"], _final_state(stopped)["params"],
+                        scale_tol=0.0, atol=0.0)  # same process count: bitwise
+  one, two = str(tmp_path / "straight_1x4"), str(tmp_path / "straight_2x2")
+  _assert_losses_close(_losses(one), _losses(two), (1, 2, 3))
+  _assert_trees_close(_step_state(one, 3)["params"], _step_state(two, 3)["params"])
+  # only process 0 wrote the logs, once
+  assert [r["step"] for r in _rows(two)] == list(range(1, ends["2x2"] + 1))
+
+
+def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_from_it(
+    tiny_prepared, tmp_path):
+  """auxSKD through main.py. A 1 x 4 run SIGKILLed once its first checkpoint exists resumes
+  to end bitwise-equal to an uninterrupted run (state, teacher, queue, optimizer); a 2 x 2 run
+  matches the 1 x 4 one to the float noise of the all-reduces and its checkpoint continues on
+  1 x 4 as the 1 x 4 run does; that checkpoint serves a 1-device and a 2 x 2 retrieval with the
+  same report; VSPP then starts from the auxSKD checkpoint.
+
+  The killed run is set 1000 steps so the kill always lands mid-run; the uninterrupted run is
+  started once the killed run's last checkpoint k is known, and the resume is told its length
+  (train.num_steps does not change what a step computes: the schedule counts epochs)."""
+  from auxskd_jax.train import checkpoint as ckpt_lib
+
+  cfg, extra = "auxskd_r21d_k100.py", ["--config.auxskd.queue_size=16"]
+  keep = ["--config.train.keep_checkpoints=50"]
+  killed, one, two = (str(tmp_path / n) for n in ("killed", "one", "two"))
+  (proc,) = _launch_job(_flags(cfg, tiny_prepared, killed, 1000, extra + keep, save_every=3),
+                        1, 4)
+  first = os.path.join(ckpt_lib.checkpoint_dir(killed), "3")
+  still_running = multiproc.kill_once_exists(proc, first, timeout=600)
+  proc.communicate()
+  assert still_running, "the run ended before it could be killed mid-training"
+  steps = max(5, _saved_steps(killed)[-1] + 2)
+
+  _ok(_run_job(_flags(cfg, tiny_prepared, one, steps, extra + keep, save_every=3), 1, 4))
+  assert json.loads(_read(os.path.join(one, "config.json")))["task"] == "auxskd"
+  rows = _rows(one)
+  assert [r["step"] for r in rows] == list(range(1, steps + 1))
+  assert all(np.isfinite(r["loss"]) for r in rows)
+  # the first step's row has no throughput (compilation); every later one has
+  assert "clips_per_sec" not in rows[0] and all(r["clips_per_sec"] > 0 for r in rows[1:])
+
+  _ok(_run_job(_flags(cfg, tiny_prepared, killed, steps,
+                      extra + keep + ["--config.resume_overrides=train.num_steps"],
+                      save_every=3), 1, 4))
+  a, b = _final_state(one), _final_state(killed)
+  assert int(a["step"]) == int(b["step"]) == steps
+  for key in ("params", "batch_stats", "extras", "opt_state"):
+    _assert_trees_close(a[key], b[key], scale_tol=0.0, atol=0.0)  # same process count: bitwise
+  assert _losses(one) == _losses(killed)
+
+  _ok(_run_job(_flags(cfg, tiny_prepared, two, 3, extra, save_every=3), processes=2, devices=2))
+  l1, l2 = _losses(one), _losses(two)
+  assert sorted(l2) == [1, 2, 3]
+  _assert_losses_close(l1, l2, (1, 2, 3))
+  s1, s2 = _step_state(one, 3), _final_state(two)
+  _assert_trees_close(s1["params"], s2["params"])
+  _assert_trees_close(s1["extras"]["queue"], s2["extras"]["queue"])
+  assert int(s1["extras"]["queue_ptr"]) == int(s2["extras"]["queue_ptr"]) == 3 * 8 % 16
+  # only process 0 wrote the logs, once
+  assert [r["step"] for r in _rows(two)] == [1, 2, 3]
+  # the 2 x 2 pretraining continues on 1 x 4 (same global batch) as the 1 x 4 run does
+  _ok(_run_job(_flags(cfg, tiny_prepared, two, 5, extra, save_every=5)
+               + ["--config.resume_overrides=train.num_steps"], processes=1, devices=4))
+  l2 = _losses(two)
+  assert sorted(l2) == [1, 2, 3, 4, 5]
+  # The two step-3 states already differ by the float noise of 2 x 2 vs 1 x 4 (~1e-5
+  # relative), which the next steps carry on.
+  _assert_losses_close(l1, l2, (4, 5))
+
+  # the 2-process checkpoint serves a 1-process, 1-device retrieval
+  ret = str(tmp_path / "ret")
+  data_dir, name = tiny_prepared
+  out_args = [
+      "--config=configs/retrieval_r21d_ucf101.py", f"--workdir={ret}",
+      f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
+      "--config.model.name=r3d_10", "--config.model.width=4", "--config.clip.clip_len=4",
+      "--config.clip.crop_size=16", "--config.clip.eval_clips=2", "--config.eval.topk=(1,)",
+      "--config.eval.feature_layer=pool", f"--config.eval.init_from={two}",
+      "--config.xla_fast_compile=True"]
+  _ok(_run_job(out_args, processes=1, devices=1))
+  record = json.loads(_read(os.path.join(ret, "results.json")))
+  assert 0.0 <= record["metrics"]["top1"] <= 1.0
+  # the same evaluation as a 2 x 2 job: each process extracts its share of the videos, the
+  # features are gathered, process 0 alone writes the same report
+  ret2 = str(tmp_path / "ret2")
+  _ok(_run_job([a.replace(ret, ret2) for a in out_args], processes=2, devices=2))
+  record2 = json.loads(_read(os.path.join(ret2, "results.json")))
+  assert record2["metrics"] == record["metrics"]
+  assert record2["num_queries"] == record["num_queries"] == 6
+  assert record2["num_gallery"] == record["num_gallery"] == 12
+  assert len(_read(os.path.join(ret2, "results.md")).splitlines()) == \
+      len(_read(os.path.join(ret, "results.md")).splitlines())
+
+  # VSPP from the auxSKD checkpoint; log_every=2 over 3 steps logs steps 2 and 3 (the last)
+  vspp = str(tmp_path / "vspp")
+  (out,) = _run_job(_flags("vspp_r21d_k100.py", tiny_prepared, vspp, 3,
+                           [f"--config.train.init_from={one}", "--verbose"], log_every=2,
+                           save_every=3), 1, 4)
+  assert out.returncode == 0, out
+  assert "loaded layers: " in out.stderr and "conv1/temporal_spatial_conv" in out.stderr
+  rows = _rows(vspp)
+  assert [r["step"] for r in rows] == [2, 3]
+  assert all(np.isfinite(r["loss"]) and r["clips_per_sec"] > 0 for r in rows)
+  assert {"accuracy_speed", "accuracy_segment"} <= set(rows[-1])
 
 
 @pytest.mark.parametrize("per_process,needle", [
