@@ -27,4 +27,8 @@ def apply(config: ml_collections.ConfigDict) -> None:
 
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(config.compilation_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    # Programs that compile faster than this are not cached (1 s: the steps and evaluators,
+    # not every small helper); JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, wins
+    # (the test suite caches everything, since its processes all compile the same programs).
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
