@@ -69,6 +69,14 @@ def run_steps(config, batch, num_devices, steps=2):
   return state, history, metrics
 
 
+@pytest.fixture(scope="module")
+def one_device():
+  """Two steps on one device (queue of 12, not a multiple of the global batch 8), shared by
+  the EMA/queue/loss test and the 4-against-1-device test: one compile, not two."""
+  config = tiny_config(queue_size=12)
+  return config, run_steps(config, synthetic_batch(), num_devices=1, steps=2)
+
+
 def test_loss_matches_numpy():
   rng = np.random.default_rng(0)
   s_q, s_k = rng.normal(size=(5, 7)) * 3, rng.normal(size=(5, 7)) * 10
@@ -125,12 +133,11 @@ def test_shuffled_apply_returns_own_examples():
                                 np.asarray(x).reshape(-1))
 
 
-def test_ema_before_the_teacher_forward_queue_and_loss():
+def test_ema_before_the_teacher_forward_queue_and_loss(one_device):
   """The authors' order: at step t the teacher is EMA'd towards the student before step t's
   update, then runs; step 1's EMA is a no-op (the teacher starts as the student's copy)."""
-  config = tiny_config()
+  config, (state, history, metrics_history) = one_device
   batch = synthetic_batch()
-  state, history, metrics_history = run_steps(config, batch, num_devices=1, steps=2)
   before, after, second = history
   metrics = metrics_history[0]
   m = config.auxskd.momentum
@@ -174,15 +181,13 @@ def test_ema_before_the_teacher_forward_queue_and_loss():
   assert {"teacher_entropy", "student_entropy", "agreement", "learning_rate"} <= set(metrics)
 
 
-def test_pmap_four_devices_matches_one():
+def test_pmap_four_devices_matches_one(one_device):
   # 12 is not a multiple of the global batch 8. Parameters are compared after the first step:
   # later steps amplify float reduction-order noise (a 1e-6 relative input change moves
   # step-2 parameters by ~1e-3 here, through BN over 8 tiny 1x1 feature maps), which no
   # implementation can match. Step 2 checks the replicas and the wrapped queue pointer.
-  config = tiny_config(queue_size=12)
-  batch = synthetic_batch()
-  _, one, m1 = run_steps(config, batch, num_devices=1, steps=2)
-  _, four, m4 = run_steps(config, batch, num_devices=4, steps=2)
+  config, (_, one, _) = one_device
+  _, four, _ = run_steps(config, synthetic_batch(), num_devices=4, steps=2)
   start = jax.tree.leaves(one[0].params)
   moved = 0.0
   for x, y, x0 in zip(jax.tree.leaves(one[1].params), jax.tree.leaves(four[1].params), start):

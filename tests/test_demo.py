@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from auxskd_jax.demo import backgrounds, generate, motions, render
+import test_install
+from test_install import installed  # noqa: F401  (the fixture)
 
 SIZE, FRAMES = 32, 12
 
@@ -177,14 +179,15 @@ def test_demo_config_rejects_bad_values(key, value, message):
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
-  from auxskd_jax import config as config_lib
-  from auxskd_jax import tasks
-
-  config = _demo_config(**{"demo.quick": True})
-  tasks.get(config.task).validate(config)
-  workdir = str(tmp_path / "demo")
-  result = tasks.get("demo").run(config, workdir)
+def test_quick_demo_runs_end_to_end_and_resumes(installed):
+  """The quick demo through the installed `auxskd` command, from a directory that is not the
+  repository (the wheel ships all it needs); run again, every stage is skipped. (One demo run
+  for both: tests/test_install.py checks the rest of the install.)"""
+  bin_dir, home, env, _ = installed
+  command = [str(bin_dir / "auxskd"), "--config.demo.quick=True", "--workdir=demo",
+             test_install.cache_flag()]
+  test_install.run(command, cwd=home, env=env, timeout=600)
+  workdir = str(home / "demo")
   for name in ("results.md", "results.json", "results.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   with open(os.path.join(workdir, "results.json")) as f:
@@ -197,18 +200,17 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
   assert saved["rows"][2]["pretrain"] and "accuracy_speed" in saved["rows"][2]["pretrain"]
   table = open(os.path.join(workdir, "results.md")).read()
   assert "auxSKD -> VSPP" in table and "random init" in table
-  assert result["info"]["quick"] is True
+  assert saved["info"]["quick"] is True
   assert "chance = 25.0%" in table
   assert all(0.0 <= row["probe"]["video_top1"] <= 1.0 for row in saved["rows"])
   # Each stage has its own sub-workdir; run again, every stage is skipped.
   for stage in ("data", "pretrain/auxskd", "pretrain/auxskd_vspp", "pretrain/vspp",
                 "finetune/random", "retrieval/auxskd_vspp", "linear_probe/vspp"):
     assert os.path.exists(os.path.join(workdir, stage, "stage_done.json")), stage
-  capsys.readouterr()
-  again = tasks.get("demo").run(config, workdir)
-  out = capsys.readouterr().out
-  assert out.count("done before, skipped") == 13
-  assert again["rows"] == result["rows"]
+  out = test_install.run(command, cwd=home, env=env).stdout
+  assert out.count("done before, skipped") == 13, out
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["rows"] == saved["rows"]
 
 
 def test_the_quick_demo_compiles_unoptimised_and_the_full_demo_optimised():

@@ -66,6 +66,7 @@ def _tiny(config, data_dir, name="video_folder/labelled"):
   with config.unlocked():
     config.data.name = name
   config.data.data_dir = data_dir
+  config.model.name = "r3d_10"  # the tasks are tested, not the backbone: R3D compiles fastest
   config.model.width = 8
   config.clip.clip_len = 8
   config.clip.crop_size = 16
@@ -85,8 +86,8 @@ def _finetune_config(data_dir, **overrides):
   # up with them (with a constant rate a few dozen steps leave them lagging, and eval-mode BN is off).
   c.optim.schedule = "cosine"
   c.train.batch_size = 8
-  c.train.num_steps = 80
-  c.train.steps_per_epoch = 20
+  c.train.num_steps = 40  # R3D-10 reaches 100% video, clip and retrieval top-1 here (measured)
+  c.train.steps_per_epoch = 10
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.eval.every_epochs = 2
@@ -121,9 +122,9 @@ def test_finetune_learns_colour_classes(finetuned):
     assert os.path.exists(os.path.join(workdir, f)), f
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   val = [r for r in rows if r.get("split") == "val"]
-  assert [r["step"] for r in val] == [40, 80]  # every 2 epochs of 20 steps (the last is the end)
+  assert [r["step"] for r in val] == [20, 40]  # every 2 epochs of 10 steps (the last is the end)
   assert all(0.0 <= r["clip_top1"] <= 1.0 and r["loss"] > 0 for r in val), val
-  assert max(r["step"] for r in rows) == 80
+  assert max(r["step"] for r in rows) == 40
 
 
 def test_retrieval_and_probe_from_our_checkpoint(finetuned, colour_data, tmp_path):

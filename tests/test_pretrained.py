@@ -50,6 +50,17 @@ def auxskd_file(tmp_path_factory):
   return path, checkpoint
 
 
+@pytest.fixture(scope="module")
+def auxskd_r3d_file(tmp_path_factory):
+  """The same file with an R3D-10 backbone, for the test that compiles a training step (R3D
+  compiles in about half R(2+1)D's time)."""
+  checkpoint = reference_torch.auxskd_checkpoint(
+      "r3d_10", width=WIDTH, embed=EMBED, hidden=HIDDEN, queue_size=QUEUE, epoch=3)
+  path = str(tmp_path_factory.mktemp("auxskd_r3d") / "pckpt_epoch_3.pth")
+  torch.save(checkpoint, path)
+  return path, checkpoint
+
+
 def test_authors_auxskd_file_has_their_layout(auxskd_file):
   _, checkpoint = auxskd_file
   assert set(checkpoint) == {"opt", "state_dict", "optimizer", "epoch"}
@@ -208,17 +219,19 @@ def test_errors_name_the_flag(tmp_path):
     pretrained.load_backbone(wide, target("c3d"), model_name="c3d", strict=False)
 
 
-def test_auxskd_task_continues_the_authors_run(auxskd_file):
+def test_auxskd_task_continues_the_authors_run(auxskd_r3d_file):
   """`task=auxskd` with their .pth as train.init_from: their student, predictor, teacher,
-  queue, pointer and SGD momentum, at step epoch x steps_per_epoch; then a step runs."""
+  queue, pointer and SGD momentum, at step epoch x steps_per_epoch; then a step runs.
+  (R3D-10: the file's R(2+1)D layout and loading are the tests above.)"""
 
   from auxskd_jax import defaults
   from auxskd_jax.config import base_config
   from auxskd_jax.methods import auxskd
 
-  path, checkpoint = auxskd_file
+  path, _ = auxskd_r3d_file
   config = base_config()
   config.task = "auxskd"
+  config.model.name = "r3d_10"
   config.model.width, config.model.embed_dim, config.model.predictor_hidden = WIDTH, EMBED, HIDDEN
   config.clip.clip_len, config.clip.crop_size = 8, 16
   config.train.batch_size = 4
@@ -230,7 +243,7 @@ def test_auxskd_task_continues_the_authors_run(auxskd_file):
   config.auxskd.queue_size = QUEUE
   method = auxskd.AuxSKD(config)
   state, train_step = tiny.state_and_step(method, config, steps_per_epoch=5, total_steps=100)
-  want = pretrained.load_auxskd_torch_state(path, "r21d_10")
+  want = pretrained.load_auxskd_torch_state(path, "r3d_10")
   assert int(state.step) == 3 * 5
   for got, ref in ((state.params, want["params"]), (state.extras["teacher"], want["teacher"]),
                    (state.extras["queue"], want["queue"])):

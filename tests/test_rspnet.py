@@ -1,5 +1,6 @@
 """RSPNet: both losses against NumPy, the three clips' frames and speeds, a pmapped step on 4
-devices (EMA, queue, loss falling on a fixed batch), and the task through main.py."""
+devices (EMA, queue, loss falling on a fixed batch); the task end to end is
+tests/test_pace.py::test_task_runs_end_to_end[rspnet]."""
 
 
 import jax
@@ -10,7 +11,7 @@ import pytest
 from auxskd_jax import ops
 from auxskd_jax.config import ConfigError
 from auxskd_jax.methods import rspnet
-from test_pace import log_softmax, run_main
+from test_pace import log_softmax
 
 import tiny
 
@@ -158,11 +159,3 @@ def test_validate_names_bad_keys():
   with pytest.raises(ConfigError, match="rspnet"):
     rspnet.RSPNet.validate(config)
 
-
-@pytest.mark.slow
-def test_main_runs_rspnet(tiny_prepared, tmp_path):
-  rows = run_main("rspnet_r21d_k100", str(tmp_path / "run"), tiny_prepared,
-                  "--config.rspnet.queue_size=16", "--config.rspnet.embed_dim=16")
-  assert [r["step"] for r in rows] == [1, 2]
-  for r in rows:
-    assert np.isfinite(r["loss"]) and 0.0 <= r["accuracy_rsp"] <= 1.0

@@ -1,5 +1,6 @@
 """VCOP: the head's shape and order of operations, the 6 orders, the loss against NumPy, a
-pmapped step on 4 devices that learns a fixed batch, and the task through main.py."""
+pmapped step on 4 devices that learns a fixed batch; the task end to end is
+tests/test_pace.py::test_task_runs_end_to_end[vcop]."""
 
 
 import jax
@@ -11,7 +12,7 @@ from auxskd_jax import ops
 from auxskd_jax.config import ConfigError
 from auxskd_jax.methods import vcop
 from auxskd_jax.train import encoder as encoder_lib
-from test_pace import log_softmax, run_main
+from test_pace import log_softmax
 
 import tiny
 
@@ -112,10 +113,3 @@ def test_validate_names_bad_keys():
   with pytest.raises(ConfigError, match="vcop.dropout"):
     vcop.VCOP.validate(config)
 
-
-@pytest.mark.slow
-def test_main_runs_vcop(tiny_prepared, tmp_path):
-  rows = run_main("vcop_r21d_ucf101", str(tmp_path / "run"), tiny_prepared,
-                  "--config.clip.vcop_gap=2", "--config.vcop.hidden=16")
-  assert [r["step"] for r in rows] == [1, 2]
-  assert all(np.isfinite(r["loss"]) and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
