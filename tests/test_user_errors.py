@@ -1,9 +1,17 @@
 """Every expected user error exits with status 2 and a few lines naming the flag or file, before
-anything is written into the workdir; unexpected errors keep their traceback."""
+anything is written into the workdir; unexpected errors keep their traceback.
+
+Most cases run the command line in this process (`cli._parse_flags`, then `cli._run`, which is
+what `main.py`'s `app.run` calls): its exit status and stderr are the contract. Two cases, one
+failing while the flags are parsed and one in the task's validation after every import, launch
+`main.py` itself, so what a fresh interpreter prints (import warnings, absl's set-up) is checked
+against the same few-lines rule.
+"""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -17,14 +25,53 @@ TINY = ["--config.train.init_from=", "--config.model.width=8", "--config.clip.cl
         "--config.clip.crop_size=16", "--config.train.batch_size=4"]
 
 
-def _fails_cleanly(workdir, *args, match):
+def _check(code, err, match):
+  lines = err.strip().splitlines()
+  assert code == 2, err[-3000:]
+  assert len(lines) <= 5 and "Traceback" not in err, err[-3000:]
+  assert match in err, err
+  return err
+
+
+def _fails_cleanly_subprocess(workdir, *args, match):
+  """`python main.py --workdir=... ARGS` in a fresh interpreter."""
   out = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", *args], cwd=_ROOT,
                        capture_output=True, text=True, timeout=300)
-  lines = out.stderr.strip().splitlines()
-  assert out.returncode == 2, out.stderr[-3000:]
-  assert len(lines) <= 5 and "Traceback" not in out.stderr, out.stderr[-3000:]
-  assert match in out.stderr, out.stderr
-  return out.stderr
+  return _check(out.returncode, out.stderr, match)
+
+
+@pytest.fixture
+def fails_cleanly(monkeypatch, capsys):
+  """`fails_cleanly(workdir, *args, match=...)`: main.py's command line in this process (from
+  the repo root, as main.py is run); the stderr it wrote. Only `runtime.apply` is left out, so
+  this process keeps its JAX settings (the subprocess cases run it); an unexpected exception
+  propagates (it would be a traceback)."""
+  from absl import flags
+
+  from auxskd_jax import cli, runtime
+
+  monkeypatch.setattr(runtime, "apply", lambda config: None)
+  monkeypatch.chdir(_ROOT)
+
+  def run(workdir, *args, match):
+    argv = ["main.py", f"--workdir={workdir}", *args]
+    monkeypatch.setattr(sys, "argv", list(argv))  # _parse_flags rewrites sys.argv in place
+    old = signal.getsignal(signal.SIGTERM)
+    capsys.readouterr()
+    code = None
+    try:
+      cli._run(cli._parse_flags(list(argv)))
+    except SystemExit as e:
+      code = e.code
+    finally:
+      signal.set_wakeup_fd(-1)
+      signal.signal(signal.SIGTERM, old)
+      flags.FLAGS.unparse_flags()
+      for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)  # the override flags the config flag defined while parsing
+    return _check(code, capsys.readouterr().err, match)
+
+  return run
 
 
 @pytest.mark.parametrize("args, match", [
@@ -36,42 +83,52 @@ def _fails_cleanly(workdir, *args, match):
     ([VSPP, "--config.train.init_from=/no/such/run"], "--config.train.init_from"),
     ([VSPP, "--config.model.dtype=float16"], "bfloat16"),
 ])
-def test_config_errors_before_any_work(tmp_path, args, match):
+def test_config_errors_before_any_work(tmp_path, fails_cleanly, args, match):
   workdir = tmp_path / "run"
-  _fails_cleanly(workdir, *args, match=match)
+  fails_cleanly(workdir, *args, match=match)
   assert not workdir.exists()
 
 
-def test_missing_and_corrupt_datasets(tmp_path, tiny_prepared):
+def test_main_py_fails_cleanly_while_parsing_flags(tmp_path):
+  """The parse-time case in a fresh interpreter: status 2, a few lines, nothing written."""
+  workdir = tmp_path / "run"
+  _fails_cleanly_subprocess(workdir, "--config.bogus=1",
+                            match="--config.bogus: the config has no key 'bogus'")
+  assert not workdir.exists()
+
+
+def test_missing_and_corrupt_datasets(tmp_path, tiny_prepared, fails_cleanly):
+  """The corrupt shard in a fresh interpreter (main.py itself, every import of a training task
+  made), the missing dataset in this process."""
   data_dir, name = tiny_prepared
   workdir = tmp_path / "run"
   (tmp_path / "empty").mkdir()
-  _fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={tmp_path / 'empty'}",
-                 f"--config.data.name={name}", match="no prepared dataset")
+  fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={tmp_path / 'empty'}",
+                f"--config.data.name={name}", match="no prepared dataset")
   broken = tmp_path / "broken"
   shutil.copytree(data_dir, broken)
   shards = [os.path.join(d, f) for d, _, fs in os.walk(broken) for f in fs
             if "-train.array_record-" in f]
   with open(shards[0], "r+b") as f:  # what a full disk leaves
     f.truncate(os.path.getsize(shards[0]) // 2)
-  _fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={broken}",
-                 f"--config.data.name={name}", match=shards[0])
+  _fails_cleanly_subprocess(workdir, VSPP, *TINY, f"--config.data.data_dir={broken}",
+                            f"--config.data.name={name}", match=shards[0])
   assert not workdir.exists()
 
 
-def test_checkpoint_of_another_model(tmp_path, tiny_prepared):
+def test_checkpoint_of_another_model(tmp_path, tiny_prepared, fails_cleanly):
   torch = pytest.importorskip("torch")
   data_dir, name = tiny_prepared
   pth = str(tmp_path / "other.pth")
   torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3, 3), "fc.weight": torch.zeros(4, 8)}, pth)
   workdir = tmp_path / "run"
-  _fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={data_dir}",
-                 f"--config.data.name={name}", f"--config.train.init_from={pth}",
-                 match="--config.train.init_from")
+  fails_cleanly(workdir, VSPP, *TINY, f"--config.data.data_dir={data_dir}",
+                f"--config.data.name={name}", f"--config.train.init_from={pth}",
+                match="--config.train.init_from")
   assert not workdir.exists()
 
 
-def test_resume_with_another_config_is_refused(tmp_path):
+def test_resume_with_another_config_is_refused(tmp_path, fails_cleanly):
   """A demo workdir with finished stages, restarted with other demo settings."""
   sys.path.insert(0, _ROOT)
   from configs import demo
@@ -81,17 +138,17 @@ def test_resume_with_another_config_is_refused(tmp_path):
   (workdir / "data").mkdir()
   (workdir / "data" / "stage_done.json").write_text("{}")
   before = open(path).read()
-  err = _fails_cleanly(workdir, "--config.demo.quick=True", "--config.seed=1",
-                       match="--config.resume_overrides=demo.quick,seed")
+  err = fails_cleanly(workdir, "--config.demo.quick=True", "--config.seed=1",
+                      match="--config.resume_overrides=demo.quick,seed")
   assert "demo.quick: false -> true" in err
   assert open(path).read() == before
   assert json.load(open(path))["seed"] == 0
 
 
-def test_a_workdir_that_is_a_file(tmp_path):
+def test_a_workdir_that_is_a_file(tmp_path, fails_cleanly):
   a_file = tmp_path / "run"
   a_file.write_text("not a directory")
-  _fails_cleanly(a_file, match=f"--workdir={a_file} is a file, not a directory")
+  fails_cleanly(a_file, match=f"--workdir={a_file} is a file, not a directory")
   assert a_file.read_text() == "not a directory"
 
 
