@@ -56,7 +56,7 @@ def fails_cleanly(monkeypatch, capsys):
   def run(workdir, *args, match):
     argv = ["main.py", f"--workdir={workdir}", *args]
     monkeypatch.setattr(sys, "argv", list(argv))  # _parse_flags rewrites sys.argv in place
-    old = signal.getsignal(signal.SIGTERM)
+    old, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     capsys.readouterr()
     code = None
     try:
@@ -66,6 +66,7 @@ def fails_cleanly(monkeypatch, capsys):
     finally:
       signal.set_wakeup_fd(-1)
       signal.signal(signal.SIGTERM, old)
+      signal.signal(signal.SIGINT, old_int)
       flags.FLAGS.unparse_flags()
       for name in [n for n in flags.FLAGS if n.startswith("config.")]:
         delattr(flags.FLAGS, name)  # the override flags the config flag defined while parsing
