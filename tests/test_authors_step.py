@@ -15,7 +15,7 @@ as its change over the step, relative to the largest magnitude of the float64 st
 (change); the tolerance is max(1e-4, 10 x the difference between the authors' float32 step and
 the same step in float64), computed here for every array.
 
-Settings: R(2+1)D-10 at width 16 on clips of 4 frames of 16x16, batch 4, 2 steps of
+Settings: R(2+1)D-10 at full width (64, as issue 22 asks) on clips of 4 frames of 16x16, batch 4, 2 steps of
 one step per epoch with the step schedule decaying every epoch (the authors' `StepLR`, so the
 second step runs at the decayed rate), a queue of 8 that the second step's enqueue wraps back
 to 0. The learning rate is 0.01 and the EMA momentum 0.9 (not 0.001 / 0.999) so that one step's
@@ -46,11 +46,10 @@ from auxskd_jax.weights import convert  # noqa: E402
 
 import tiny  # noqa: E402
 
-# Width 16, not the paper's 64: every layer type, head and the method's logic are the same, and
-# the steps (ours and both torch ones) no longer dominate the compile, which is independent of
-# width (VideoPace: 46 s -> 34 s). The largest error / tolerance is 0.17-0.52 over the five
-# methods (0.20-0.32 at 64).
-NAME, WIDTH = "r21d_10", 16
+# Full width, as issue 22 asks: the parity is of the authors' network as they train it. Width 16
+# passes too (largest error / tolerance 0.17-0.52 against 0.20-0.32 at 64) and saves ~40 s of
+# the suite, but a width the authors never ran would prove less.
+NAME, WIDTH = "r21d_10", 64
 BATCH, FRAMES, CROP = 4, 4, 16
 LR, EMA, DECAY_EPOCHS = 0.01, 0.9, 1
 QUEUE, EMBED = 8, 128
