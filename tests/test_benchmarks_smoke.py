@@ -343,3 +343,27 @@ def test_device_wheels_list_matches_device_check_imports():
   assert listed == needed, (f"device_wheels.sh PACKAGES should be {sorted(needed)}; "
                             f"it is {sorted(listed)}")
   assert not listed & {canonicalize_name(p) for p in _wheels_list("FALLBACKS")}
+
+
+def test_conv_profile_tiny(results):
+  """Every conv of one R(2+1)D-10 forward is recorded once (as many as the model has 5-D
+  kernels) and timed in each framework and lowering; the totals are the rows' sums."""
+  import conv_profile
+
+  out = results / "conv_profile.json"
+  payload = conv_profile.main(["--batch=1", "--width=4", "--clip_len=4", "--crop=16",
+                               "--steps=1", "--lowerings=xla,im2col", f"--out={out}"])
+  assert _load(out)["rows"] == json.loads(json.dumps(payload["rows"]))
+  rows = payload["rows"]
+  from auxskd_jax import models
+
+  net = models.build("r21d_10", num_classes=128, width=4)
+  x = jax.numpy.zeros((1, 4, 16, 16, 3))
+  params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), x, train=False))["params"]
+  kernels = [v for v in jax.tree.leaves(params) if len(v.shape) == 5]
+  assert sum(r["count"] for r in rows) == len(kernels) == 24  # each conv once per forward
+  assert tuple(rows[0]["kernel"][:4]) == (1, 7, 7, 3)  # the stem first
+  for key in ("torch_fwd_bwd_ms", "jax_xla_fwd_bwd_ms", "jax_im2col_fwd_ms"):
+    assert all(r[key] > 0 for r in rows)
+    total = sum(r[key] * r["count"] for r in rows)
+    assert abs(payload["totals_ms_per_forward_x_count"][key] - total) < 0.01 + 1e-3 * total
