@@ -110,9 +110,10 @@ def _config_file_error(message: str) -> str:
   lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
   where = [m for line in lines if (m := re.match(r'File "(.+)", line (\d+)', line))]
   exc = lines[-1]
-  kind, _, text = exc.partition(": ")
-  if kind.endswith(("ValueError", "ConfigError")) and text.startswith("configs/"):
-    return f"{flag}: {text.split(': ', 1)[-1]}"  # our configs name the file themselves
+  text = exc.partition(": ")[2]
+  value = flag.partition("=")[2]
+  if value and text.startswith(value + ": "):  # the message names the file already
+    return f"{flag}: {text[len(value) + 2:]}"
   at = f" (at {where[-1].group(1)}:{where[-1].group(2)})" if where else ""
   return f"{flag}: its get_config() raised {exc}{at}."
 

@@ -46,9 +46,9 @@ MIN_FREE_BYTES = 16 << 20  # less free space than this in the workdir's filesyst
 def settings(config: Any) -> dict[str, float]:
   """`hold`'s keyword arguments from the config's `lease` section (defaults where a config has
   none, e.g. `prepare`'s); raises UserError naming the key for a bad value."""
-  section = config.get("lease") if hasattr(config, "get") else None
-  renew = float(section.get("renew_every", RENEW_EVERY_S)) if section else RENEW_EVERY_S
-  stale = float(section.get("stale_after", STALE_AFTER_S)) if section else STALE_AFTER_S
+  section = config.get("lease") or {}
+  renew = float(section.get("renew_every", RENEW_EVERY_S))
+  stale = float(section.get("stale_after", STALE_AFTER_S))
   if not renew > 0:
     raise UserError(f"--config.lease.renew_every={renew:g}: give a positive number of seconds.")
   if not stale >= 2 * renew:

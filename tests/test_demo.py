@@ -154,12 +154,7 @@ def _demo_config(**overrides):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  for key, value in overrides.items():
-    section, name = key.rsplit(".", 1)
-    target = config
-    for part in section.split("."):
-      target = target[part]
-    target[name] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

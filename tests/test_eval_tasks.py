@@ -91,12 +91,7 @@ def _finetune_config(data_dir, **overrides):
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.eval.every_epochs = 2
-  for k, v in overrides.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 

@@ -121,12 +121,7 @@ def run_task(config_name, workdir, data, overrides, *, via_main):
     from auxskd_jax import tasks
 
     config = tiny.load_config(config_name)
-    for key, value in settings.items():
-      *path, leaf = key.split(".")
-      node = config
-      for part in path:
-        node = node[part]
-      node[leaf] = value
+    config.update_from_flattened_dict(settings)
     task = tasks.of(config)
     task.validate(config)
     tasks.check_workdir(task, config, workdir)
