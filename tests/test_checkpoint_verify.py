@@ -6,6 +6,7 @@ across 2 processes too; a run resumed past a bit flip continues exactly."""
 import errno
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -226,8 +227,11 @@ def test_fit_resumes_past_a_bit_flip_to_the_uninterrupted_state(tiny_prepared, t
   _flip(_largest_state_file(os.path.join(ckpt_lib.checkpoint_dir(damaged), "8")))
   with caplog.at_level("WARNING"):
     resumed = loop.fit(_Quadratic(), _config(tiny_prepared, 12), damaged)
-  assert "Checkpoint step 8 is unusable: array ['opt_state']" in caplog.text or \
-      "Checkpoint step 8 is unusable: array ['params']" in caplog.text, caplog.text
+  # Where the flipped bytes land depends on how OCDBT laid the file out (it differs between
+  # machines): in array data they fail the digest, in a b-tree node they fail the read.
+  # Either way the step is refused, set aside, and the run resumes exactly.
+  assert re.search(r"Checkpoint step 8 is unusable: (array \['(params|opt_state)'\]"
+                   r".* does not match its digest|cannot be read)", caplog.text), caplog.text
   assert "Resuming from step 4" in caplog.text
   assert os.path.isdir(os.path.join(ckpt_lib.checkpoint_dir(damaged), "corrupt", "8"))
   for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(resumed)):
