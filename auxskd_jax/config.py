@@ -27,7 +27,8 @@ UserError = errors.UserError
 # speed, logging, storage paths or reports, never what is computed. A dotted name covers a key
 # or a whole section.
 RESUME_FREE_KEYS = (
-    "resume_overrides", "compilation_cache_dir", "xla_fast_compile", "method_chain",
+    "resume_overrides", "compilation_cache_dir", "xla_fast_compile", "xla_cpu_ynnpack_ops",
+    "method_chain",
     "data.data_dir", "data.workers", "data.prefetch", "eval.batch_size",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "distributed.coordinator_address", "distributed.process_id", "distributed.num_processes",
@@ -51,6 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
   # XLA's unoptimised code generation: compiles about 2x faster, kernels somewhat slower. For
   # compile-bound CPU runs (the demo, tests); leave off for real training on GPU/TPU.
   c.xla_fast_compile = False
+  # The op kinds XLA:CPU hands to YNNPACK (comma-separated; "" keeps XLA's default, which also
+  # sends convolutions there). Convolutions stay on XLA's own (Eigen) kernels: on the 2-core
+  # CPUs we measured, the whole training step is then about 1.4x faster (BENCHMARKS.md). The
+  # results differ from XLA's default by float32 rounding only. No effect on GPU/TPU.
+  c.xla_cpu_ynnpack_ops = "dot,reduce"
   # What the run is called in reports (e.g. "auxSKD -> VSPP").
   c.method_chain = ""
   # Resuming a workdir's run with another config fails unless the changed keys are listed here,

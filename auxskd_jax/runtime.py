@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 
 import ml_collections
 
 from auxskd_jax.errors import require
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+YNN_OPS = ("dot", "individual_dot", "reduce", "eltwise", "individual_convolution")
+# jaxlib versions the YNN flag was measured on (BENCHMARKS.md). It is experimental: a jaxlib
+# without it would abort on an unknown XLA flag, so others keep XLA's own choice.
+_YNN_JAXLIB = ((0, 10), (0, 12))
+
+
+def ynn_ops(value: str) -> list[str]:
+  """`xla_cpu_ynnpack_ops` as a list of XLA's YNNPACK fusion types, checked."""
+  ops = [op.strip() for op in value.split(",") if op.strip()]
+  for op in ops:
+    require(op in YNN_OPS, "xla_cpu_ynnpack_ops",
+            f"{op!r} is not a YNNPACK fusion type: use a comma-separated subset of "
+            f"{', '.join(YNN_OPS)}, or '' for XLA's default.")
+  return ops
+
+
+def _jaxlib_has_ynn_flag() -> bool:
+  try:
+    version = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return False
+  major_minor = tuple(int(v) for v in version.split(".")[:2])
+  return _YNN_JAXLIB[0] <= major_minor <= _YNN_JAXLIB[1]
+
+
+def set_ynnpack_ops(value: str) -> None:
+  """Sends exactly these op kinds to YNNPACK on the CPU, through XLA_FLAGS (read when the
+  backend starts, at the first JAX computation). Nothing is added for "" (XLA's default),
+  for an untested jaxlib, when XLA_FLAGS already sets the flag (the environment wins), or
+  under unoptimised codegen (`xla_fast_compile`, the tests): there the convolutions YNNPACK
+  gives up are emitted as plain loops, which round worse (VCOP's authors'-step parity test
+  fails by 3.4x its tolerance) and gain nothing."""
+  ops = ynn_ops(value)
+  flags = os.environ.get("XLA_FLAGS", "")
+  if ops and YNN_FLAG not in flags and FAST_COMPILE_FLAG not in flags and \
+      _jaxlib_has_ynn_flag():
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={','.join(ops)}".strip()
 
 
 def apply(config: ml_collections.ConfigDict) -> None:
@@ -21,7 +62,9 @@ def apply(config: ml_collections.ConfigDict) -> None:
     # Read when the backend starts, i.e. at the first JAX computation, which is still ahead.
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_backend_optimization_level" not in flags:
-      os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+      os.environ["XLA_FLAGS"] = (flags + " " + FAST_COMPILE_FLAG).strip()
+  if "xla_cpu_ynnpack_ops" in config:
+    set_ynnpack_ops(config.xla_cpu_ynnpack_ops)
   if config.get("compilation_cache_dir"):
     import jax
 

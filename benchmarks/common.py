@@ -55,6 +55,9 @@ def add_common_flags(parser: argparse.ArgumentParser, *, steps: int = 20,
   parser.add_argument("--devices", type=int, default=1, help="local devices the step spans")
   parser.add_argument("--conv_lowering", default=None,
                       help="model.conv_lowering (xla, auto, ...); default: the config's")
+  parser.add_argument("--xla_cpu_ynnpack_ops", default=None,
+                      help="xla_cpu_ynnpack_ops (op kinds XLA:CPU gives YNNPACK; '' = XLA's "
+                      "default); default: the config's")
   parser.add_argument("--peak_tflops", type=float, default=PEAK_TFLOPS,
                       help="device peak for model FLOP utilisation (790 = H100 dense bf16)")
   parser.add_argument("--tiny", action="store_true",
@@ -75,7 +78,18 @@ def apply_tiny(args: argparse.Namespace) -> argparse.Namespace:
       setattr(args, name, value)
   if args.tiny:
     args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 1)
+  set_xla_cpu_ops(args.xla_cpu_ynnpack_ops)
   return args
+
+
+def set_xla_cpu_ops(value: str | None) -> None:
+  """The run's XLA:CPU library choice, as a real run makes it (`runtime.apply`); it must be
+  set before the first JAX computation, so scripts call it (through `apply_tiny`) first."""
+  from auxskd_jax import config as config_lib
+  from auxskd_jax import runtime
+
+  runtime.set_ynnpack_ops(config_lib.base_config().xla_cpu_ynnpack_ops if value is None
+                          else value)
 
 
 def parse_dtypes(text: str) -> list[str]:
@@ -257,7 +271,21 @@ def environment() -> dict[str, Any]:
       "local_devices": jax.local_device_count(), "jax": jax.__version__,
       "python": platform.python_version(),
       "prng_impl": str(jax.config.jax_default_prng_impl),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "cpu": _cpu_model(),
   }
+
+
+def _cpu_model() -> str:
+  """The host CPU's model name (lscpu's), since CPU timings differ by machine."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -51,7 +51,7 @@ def pipeline(stages: dict, splits: str = "") -> ml_collections.ConfigDict:
   first = next(iter(stages.values()))
   c = ml_collections.ConfigDict()
   c.task = "pipeline"
-  for key in ("prng_impl", "compilation_cache_dir", "xla_fast_compile"):
+  for key in ("prng_impl", "compilation_cache_dir", "xla_fast_compile", "xla_cpu_ynnpack_ops"):
     c[key] = first[key]
   seed = ml_collections.FieldReference(first.seed)
   c.seed = seed

@@ -1,10 +1,17 @@
-"""Process-wide settings from the config (auxskd_jax/runtime.py): the compilation cache, and the
+"""Process-wide settings from the config (auxskd_jax/runtime.py): the compilation cache, the
 environment's minimum compile time winning over the config's default (the suite caches every
-program its main.py subprocesses compile)."""
+program its main.py subprocesses compile), and the op kinds XLA:CPU hands to YNNPACK."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
+import pytest
 
+from auxskd_jax import config as config_lib
 from auxskd_jax import runtime
 
 
@@ -27,3 +34,56 @@ def test_compilation_cache_and_its_minimum_compile_time(tmp_path, monkeypatch):
   finally:
     jax.config.update("jax_compilation_cache_dir", saved[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+
+
+def test_ynnpack_ops_become_one_xla_flag_unless_the_environment_sets_it(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+  runtime.set_ynnpack_ops("dot, reduce")
+  assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=4 "
+                                     f"{runtime.YNN_FLAG}=dot,reduce")
+  runtime.set_ynnpack_ops("eltwise")  # the flag is already there: the environment wins
+  assert os.environ["XLA_FLAGS"].count(runtime.YNN_FLAG) == 1
+  for flags, value in (("", ""),  # XLA's own default
+                       (runtime.FAST_COMPILE_FLAG, "reduce")):  # unoptimised codegen
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    runtime.set_ynnpack_ops(value)
+    assert os.environ["XLA_FLAGS"] == flags
+  monkeypatch.setenv("XLA_FLAGS", "")
+  runtime.apply(ml_collections.ConfigDict({"xla_fast_compile": True,
+                                           "xla_cpu_ynnpack_ops": "reduce"}))
+  assert os.environ["XLA_FLAGS"] == runtime.FAST_COMPILE_FLAG
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.13.0")
+  runtime.set_ynnpack_ops("reduce")  # a jaxlib it was not measured on may lack the flag
+  assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_a_bad_ynnpack_op_is_a_user_error_naming_the_key():
+  with pytest.raises(config_lib.UserError, match="xla_cpu_ynnpack_ops.*'convolution' is not"):
+    runtime.apply(ml_collections.ConfigDict({"xla_cpu_ynnpack_ops": "reduce,convolution"}))
+
+
+_CONV_HLO = r"""
+import jax, jax.numpy as jnp
+x, w = jnp.zeros((8, 28, 28, 32)), jnp.zeros((3, 3, 32, 32))
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+print(jax.jit(conv).lower(x, w).compile().as_text())
+"""
+
+
+def _conv_in_ynnpack(xla_flags: str) -> bool:
+  env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", _CONV_HLO], env=env, capture_output=True,
+                       text=True, timeout=120, check=True).stdout
+  return any("ynn_fusion" in line and "conv" in line for line in out.splitlines())
+
+
+def test_the_default_keeps_convolutions_on_xlas_kernels_and_xla_alone_would_not(monkeypatch):
+  """The flag reaches XLA: with it a conv compiles to XLA's own kernel, without it (XLA's
+  default, on the jaxlibs we support) to a YNNPACK fusion."""
+  monkeypatch.setenv("XLA_FLAGS", "")
+  runtime.set_ynnpack_ops(config_lib.base_config().xla_cpu_ynnpack_ops)
+  assert runtime.YNN_FLAG in os.environ["XLA_FLAGS"]
+  assert not _conv_in_ynnpack(os.environ["XLA_FLAGS"])
+  assert _conv_in_ynnpack("")

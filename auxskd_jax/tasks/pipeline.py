@@ -23,8 +23,9 @@ in the order they were added), or in name order when `order` is empty.
   `stages.<name>.<key>`, unless `--config.resume_overrides` lists that (or the stage's own
   `resume_overrides` lists `<key>`); a finished stage whose config changed so is run again
   (resuming from its checkpoints). Finished stages that started from it are not redone (a
-  warning names them; delete their sub-workdirs to redo them). Process-wide settings (prng_impl, compilation cache, xla_fast_compile,
-  distributed) are the pipeline config's own, not the stages'.
+  warning names them; delete their sub-workdirs to redo them). Process-wide settings
+  (prng_impl, compilation cache, xla_fast_compile, xla_cpu_ynnpack_ops, distributed) are the
+  pipeline config's own, not the stages'.
 - At the end: results.md, results.json and results.png in the workdir, one row per
   initialisation (method_chain) and downstream dataset (`evaluate.summary`).
 """
