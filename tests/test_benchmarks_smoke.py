@@ -8,6 +8,7 @@ step is compiled once for all of them), and use R3D-10, the quickest backbone to
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -67,9 +68,13 @@ def test_torch_compare_tiny(results):
 
   out = results / "torch_compare.json"
   torch_compare.main(TINY + ["--variants=fp32,bf16_cl3d", "--torch_device=cpu",
-                             f"--out={out}"])
+                             "--task=auxskd,vspp", f"--out={out}"])
   payload = _load(out)
-  rows = {(r["framework"], r["variant"]): r for r in payload["rows"]}
+  vspp = {(r["framework"], r["variant"]): r for r in payload["rows"] if r["task"] == "vspp"}
+  assert set(vspp) == {("pytorch", "fp32"), ("pytorch", "bf16_cl3d"), ("jax", "float32")}
+  assert vspp[("pytorch", "fp32")]["jax_speedup"] > 0
+  assert vspp[("pytorch", "fp32")]["loss_finite"] and vspp[("jax", "float32")]["loss_finite"]
+  rows = {(r["framework"], r["variant"]): r for r in payload["rows"] if r["task"] == "auxskd"}
   assert set(rows) == {("pytorch", "fp32"), ("pytorch", "bf16_cl3d"), ("jax", "float32")}
   assert rows[("pytorch", "fp32")]["jax_speedup"] > 0
   assert "jax_speedup" not in rows[("pytorch", "bf16_cl3d")]  # no bf16 JAX run to compare
@@ -95,6 +100,26 @@ def test_torch_step_moves_teacher_and_queue():
   bench.step(x_q, x_k)  # wraps: rows 4, 5, 0, 1
   assert bench.ptr == 2
   assert torch.allclose(bench.queue.norm(dim=1), torch.ones(6), atol=1e-5)
+
+
+def test_torch_classifier_step_learns_its_heads():
+  """The PyTorch VSPP / fine-tuning step: both heads' cross-entropies, and SGD moves the net."""
+  import torch
+  import torch_compare
+
+  heads = torch_compare.torch_heads("vspp")
+  assert set(heads) == {"linear", "linear_segment"}
+  bench = torch_compare.TorchClassifier("r3d_10", 4, heads, lr=0.05)
+  x, labels = bench.inputs(4, 4, 16)
+  before = [p.clone() for p in bench.net.parameters()]
+  first = float(bench.step(x, labels))
+  assert 0.5 * sum(map(math.log, heads.values())) < first < 5 * sum(map(math.log, heads.values()))
+  assert max((p - b).abs().max().item() for p, b in zip(bench.net.parameters(), before)) > 0
+  for _ in range(4):
+    last = float(bench.step(x, labels))
+  assert last < first  # the same batch: the loss falls
+  assert set(labels) == set(heads) and all(int(labels[n].max()) < heads[n] for n in heads)
+  assert torch.isfinite(torch.tensor(last))
 
 
 def test_end_to_end_tiny(results, tmp_path):
