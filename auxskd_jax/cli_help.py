@@ -225,7 +225,7 @@ def key_help(config_file: str | None = None) -> dict[str, str]:
 _FALLBACK_HELP = {
     "seed": "Seed of the run's PRNG (initialisation, sampling, augmentation).",
     "task": "What runs (--help lists the tasks).",
-    "model.name": "Backbone: r21d_10, r3d_18, c3d or s3d_g.",
+    "model.name": "Encoder: r21d_10, r3d_18, c3d or s3d_g.",
     "model.width": "Channels of the first stage (64 = the paper's; stages double it).",
     "model.predictor_hidden": "Hidden units of auxSKD's predictor MLP.",
     "augment.flip": "Random horizontal flips.",

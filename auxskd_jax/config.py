@@ -132,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
-  c.train.init_from = ""  # checkpoint dir / .pth to initialise the backbone from
+  c.train.init_from = ""  # checkpoint dir / .pth to initialise the encoder from
   # "sync" (statistics over all devices: the authors' one-GPU run), "local" (per device, the
   # devices' mean running statistics) or "dataparallel" (per device, device 0's running
   # statistics: their DataParallel at the same per-device batch); docs/FIDELITY.md.
