@@ -47,6 +47,7 @@ from auxskd_jax import tasks
 from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.evaluate import summary
 from auxskd_jax.tasks import Task, common
+from auxskd_jax.trees import flatten
 
 DONE = "stage_done.json"
 REF = "stage:"
@@ -122,7 +123,7 @@ def stages_of(config: ml_collections.ConfigDict) -> list[Stage]:
 
 
 def _shared_keys(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  tree = config_lib.flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+  tree = flatten(config_lib.json_tree(config))
   return {k: v for k, v in tree.items() if not k.startswith("stages.")}
 
 
@@ -268,10 +269,6 @@ def _write_done(stage_dir: str, record: dict[str, Any]) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _tree(c: ml_collections.ConfigDict) -> dict[str, Any]:
-  return json.loads(json.dumps(c.to_dict(), sort_keys=True, default=str))
-
-
 def _input_names(stage: Stage, stages: list[Stage]) -> list[str]:
   """The sub-workdir names of the stages `stage` starts from."""
   by_key = {s.key: s for s in stages}
@@ -291,8 +288,8 @@ def _run_stage(stage: Stage, c: ml_collections.ConfigDict, config: ml_collection
   _say(f"{stage.name}: {c.task} starting")
   t0 = time.time()
   result = stage.task.run(c, stage_dir)
-  record = {"stage": stage.name, "task": c.task, "config": _tree(c), "result": result,
-            "seconds": round(time.time() - t0, 1), "finished": time.time(),
+  record = {"stage": stage.name, "task": c.task, "config": config_lib.json_tree(c),
+            "result": result, "seconds": round(time.time() - t0, 1), "finished": time.time(),
             "inputs": {t: done[t].get("finished") for t in _input_names(stage, stages)}}
   if stage.task.name not in DOWNSTREAM and c.task != "prepare":
     record["final"] = summary.last_train_metrics(stage_dir)  # pretext training
@@ -314,8 +311,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   for stage in stages:
     c = resolve(stage, stages, workdir)
     before = _read_done(os.path.join(workdir, stage.name))
-    if before is not None and not config_lib.changed_keys(config_lib.flatten(before["config"]),
-                                                          c):
+    if before is not None and not config_lib.changed_keys(flatten(before["config"]), c):
       _say(f"{stage.name}: done before, skipped")
       stale = [t for t in _input_names(stage, stages)
                if before.get("inputs", {}).get(t) != done[t].get("finished")]
