@@ -3,8 +3,8 @@
 auxSKD (similarity-based knowledge distillation) as an auxiliary pretraining phase, VSPP and
 other pretext tasks, and the standard downstream evaluations. See docs/DESIGN.md.
 
-The Python API (`auxskd_jax.api`) is re-exported here: `load_backbone`, `init_backbone`,
-`save_backbone`, `embed`, `read_video`, `knn`, `retrieval`, `nearest`. It is imported on first
+The Python API (`auxskd_jax.api`) is re-exported here: `load_encoder`, `init_encoder`,
+`save_encoder`, `embed`, `read_video`, `knn`, `retrieval`, `nearest`. It is imported on first
 use, so `import auxskd_jax` stays cheap (no JAX).
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("Backbone", "LAYERS", "embed", "init_backbone", "knn", "load_backbone", "nearest",
-        "read_video", "retrieval", "save_backbone")
+_API = ("Encoder", "LAYERS", "embed", "init_encoder", "knn", "load_encoder", "nearest",
+        "read_video", "retrieval", "save_encoder")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,14 +1,14 @@
-"""A small Python API: a backbone from any checkpoint we read, video features, k-NN and retrieval.
+"""A small Python API: an encoder from any checkpoint we read, video features, k-NN and retrieval.
 
     import auxskd_jax as ax
 
-    backbone = ax.load_backbone("runs/auxskd_r21d_k100")   # a workdir, or the authors' .pth
-    train = ax.embed(backbone, train_paths)                # [N, 512] per-video features
-    test = ax.embed(backbone, test_paths)
+    encoder = ax.load_encoder("runs/auxskd_r21d_k100")   # a workdir, or the authors' .pth
+    train = ax.embed(encoder, train_paths)                # [N, 512] per-video features
+    test = ax.embed(encoder, test_paths)
     ax.retrieval(test, test_labels, train, train_labels)   # {1: top-1, 5: top-5, ...}
     ax.knn(test, test_labels, train, train_labels, k=20)   # k-NN top-1 accuracy
 
-Everything here is the machinery the tasks use, behind a few calls: `weights.load_backbone`
+Everything here is the machinery the tasks use, behind a few calls: `weights.load_encoder`
 (every format `--config.eval.init_from` takes), `evaluate.features.Extractor` (the retrieval
 protocol's uniformly spaced, centre-cropped clips) and `evaluate.topk`. No TensorFlow.
 """
@@ -46,8 +46,8 @@ _FRAME_PER_CROP = (128 / 112, 171 / 112)
 
 
 @dataclasses.dataclass
-class Backbone:
-  """A backbone ready to embed clips: its module, variables, and the config whose `model`,
+class Encoder:
+  """An encoder ready to embed clips: its module, variables, and the config whose `model`,
   `clip` and `augment.input_convention` say which clips it takes (a run's own, from its
   config.json, when loaded from one of our workdirs)."""
   model: nn.Module
@@ -79,7 +79,7 @@ class Backbone:
                               int(c.clip.crop_size))
 
   def extractor(self, layer: str) -> features_lib.Extractor:
-    """The feature extractor of `layer`, built once per backbone (one compilation per shape)."""
+    """The feature extractor of `layer`, built once per encoder (one compilation per shape)."""
     layer = _layer(layer)
     if self.feature_dim(layer) == 0:
       raise ValueError(f"layer {layer!r} is empty for {self.config.clip.clip_len}-frame "
@@ -108,12 +108,12 @@ def _config(model_name: str, width: int, clip_len: int, crop_size: int,
   return c
 
 
-def init_backbone(model_name: str = "r21d_10", *, width: int = 64, clip_len: int = 16,
-                  crop_size: int = 112, seed: int = 0) -> Backbone:
-  """A randomly initialised backbone (the random-init baseline; `--config.eval.init_from=''`)."""
+def init_encoder(model_name: str = "r21d_10", *, width: int = 64, clip_len: int = 16,
+                 crop_size: int = 112, seed: int = 0) -> Encoder:
+  """A randomly initialised encoder (the random-init baseline; `--config.eval.init_from=''`)."""
   config = _config(model_name, width, clip_len, crop_size)
   model, variables = encoder_lib.build_and_init(config, seed=seed)
-  return Backbone(model, variables, config)
+  return Encoder(model, variables, config)
 
 
 def _run_config(path: str) -> dict[str, Any] | None:
@@ -128,56 +128,56 @@ def _run_config(path: str) -> dict[str, Any] | None:
   return None
 
 
-def load_backbone(path: str | os.PathLike, *, model_name: str | None = None,
-                  width: int | None = None, clip_len: int | None = None,
-                  crop_size: int | None = None, trust_pickle: bool = False) -> Backbone:
-  """The backbone of any checkpoint `--config.eval.init_from` reads.
+def load_encoder(path: str | os.PathLike, *, model_name: str | None = None,
+                 width: int | None = None, clip_len: int | None = None,
+                 crop_size: int | None = None, trust_pickle: bool = False) -> Encoder:
+  """The encoder of any checkpoint `--config.eval.init_from` reads.
 
   `path`: one of our runs (its workdir, `checkpoints/` folder or one step folder; an auxSKD
   run gives its student), the authors' auxSKD `pckpt_epoch_N.pth` (the student `encoder_q`),
-  their VSPP `.pth.tar`, or any plain or DataParallel PyTorch state dict of our backbones.
-  The backbone's name, width and clip size come from the run's config.json, or for a PyTorch
+  their VSPP `.pth.tar`, or any plain or DataParallel PyTorch state dict of our encoders.
+  The encoder's name, width and clip size come from the run's config.json, or for a PyTorch
   file from its keys (112-pixel crops of 16 frames, the authors'); arguments override them.
-  Every backbone layer must load (ConfigError otherwise); heads are left out.
+  Every encoder layer must load (ConfigError otherwise); heads are left out.
   `trust_pickle` allows pickled objects other than argparse options in a `.pth`.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise ConfigError(f"load_backbone: {path!r} does not exist; give one of our workdirs / "
+    raise ConfigError(f"load_encoder: {path!r} does not exist; give one of our workdirs / "
                       "checkpoint directories or a PyTorch .pth file.")
   found: dict[str, Any] = {"model": {}, "clip": {}, "augment": {}}
   if os.path.isfile(path):
     checkpoint = weights.read_torch(path, flag="eval.init_from", trust_pickle=trust_pickle)
-    name, guessed_width = weights.convert.guess_backbone(checkpoint)
+    name, guessed_width = weights.convert.guess_encoder(checkpoint)
     found["model"] = {"name": name, "width": guessed_width}
   else:
     found.update(_run_config(path) or {})
   model_name = model_name or found["model"].get("name")
   if not model_name:
-    why = "its keys match no backbone" if os.path.isfile(path) else "no config.json beside it"
-    raise ConfigError(f"load_backbone: cannot tell which backbone {path!r} holds ({why}); "
+    why = "its keys match no encoder" if os.path.isfile(path) else "no config.json beside it"
+    raise ConfigError(f"load_encoder: cannot tell which encoder {path!r} holds ({why}); "
                       f"pass model_name=, one of {list(models.NAMES)}.")
   config = _config(model_name, width or found["model"].get("width") or 64,
                    clip_len or found["clip"].get("clip_len") or 16,
                    crop_size or found["clip"].get("crop_size") or 112,
                    found["augment"].get("input_convention", "reference"))
   model, target = encoder_lib.build_and_init(config, random=False)
-  variables, report = weights.load_backbone(path, target, model_name=config.model.name,
-                                            strict=True, flag="eval.init_from",
-                                            trust_pickle=trust_pickle)
-  return Backbone(model, variables, config, source=path, report=report)
+  variables, report = weights.load_encoder(path, target, model_name=config.model.name,
+                                           strict=True, flag="eval.init_from",
+                                           trust_pickle=trust_pickle)
+  return Encoder(model, variables, config, source=path, report=report)
 
 
-def save_backbone(backbone: Backbone, workdir: str | os.PathLike) -> str:
-  """Writes `backbone` as a run's checkpoint (step 0) and config.json in `workdir`, which
-  `load_backbone` and `--config.train.init_from` / `--config.eval.init_from` read."""
+def save_encoder(encoder: Encoder, workdir: str | os.PathLike) -> str:
+  """Writes `encoder` as a run's checkpoint (step 0) and config.json in `workdir`, which
+  `load_encoder` and `--config.train.init_from` / `--config.eval.init_from` read."""
   from auxskd_jax.train import checkpoint as ckpt_lib  # local: orbax's writer
   from auxskd_jax.train.state import TrainState
 
   workdir = os.fspath(workdir)
-  config_lib.save_config(backbone.config, workdir)
-  state = TrainState.create(params={"encoder": backbone.variables["params"]},
-                            batch_stats={"encoder": backbone.variables["batch_stats"]},
+  config_lib.save_config(encoder.config, workdir)
+  state = TrainState.create(params={"encoder": encoder.variables["params"]},
+                            batch_stats={"encoder": encoder.variables["batch_stats"]},
                             tx=optax.identity())
   manager = ckpt_lib.make_manager(workdir, keep=1, async_save=False)
   try:
@@ -244,7 +244,7 @@ def _batches(videos: list[str | np.ndarray], *, num_clips: int, clip_len: int,
     yield flush()
 
 
-def embed(backbone: Backbone, videos: Videos, *, layer: str = "pool",
+def embed(encoder: Encoder, videos: Videos, *, layer: str = "pool",
           num_clips: int | None = None, batch_size: int = 8, resize: bool = True,
           per_clip: bool = False) -> np.ndarray:
   """Features of videos: one row per video, the mean over `num_clips` clips (`[N, D]`), or
@@ -254,7 +254,7 @@ def embed(backbone: Backbone, videos: Videos, *, layer: str = "pool",
   `videos`: video files (decoded with PyAV), decoded uint8 RGB frames `[T, H, W, 3]`, a batch
   `[B, T, H, W, 3]`, or a list of files and frame arrays. The clips are the retrieval
   protocol's: `num_clips` (default `clip.eval_clips`, 10) windows of `clip.clip_len` frames
-  spread uniformly over the video, frames resized to `backbone.frame_size` (files by PyAV as
+  spread uniformly over the video, frames resized to `encoder.frame_size` (files by PyAV as
   they are decoded, as `prepare` stores datasets; arrays bilinearly; `resize=False` keeps
   their size, at least `clip.crop_size`) and centre-cropped to `clip.crop_size`.
   `layer`: 'pool' ('pooled'; 512-d at width 64) or 'conv5_maxpool' (VCOP's retrieval
@@ -267,13 +267,13 @@ def embed(backbone: Backbone, videos: Videos, *, layer: str = "pool",
     raise ValueError("embed: no videos given.")
   if batch_size < 1:
     raise ValueError(f"embed: batch_size must be positive, got {batch_size}.")
-  config = backbone.config
+  config = encoder.config
   e = int(num_clips or config.clip.eval_clips)
   if e < 1:
     raise ValueError(f"embed: num_clips must be positive, got {num_clips}.")
   batches = _batches(items, num_clips=e, clip_len=int(config.clip.clip_len),
-                     batch_size=int(batch_size), size=backbone.frame_size if resize else None)
-  out = backbone.extractor(layer).run_batches(backbone.variables, batches)
+                     batch_size=int(batch_size), size=encoder.frame_size if resize else None)
+  out = encoder.extractor(layer).run_batches(encoder.variables, batches)
   feats = out["features"][np.argsort(out["index"], kind="stable")]
   feats = feats if per_clip else feats.mean(axis=1)
   return feats[0] if single else feats
@@ -303,5 +303,5 @@ def nearest(query_features: np.ndarray, gallery_features: np.ndarray,
   return topk.nearest(query_features, gallery_features, k)
 
 
-__all__ = ["Backbone", "LAYERS", "embed", "init_backbone", "knn", "load_backbone", "nearest",
-           "read_video", "retrieval", "save_backbone"]
+__all__ = ["Encoder", "LAYERS", "embed", "init_encoder", "knn", "load_encoder", "nearest",
+           "read_video", "retrieval", "save_encoder"]

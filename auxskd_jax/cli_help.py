@@ -24,6 +24,7 @@ import ml_collections
 
 from auxskd_jax import config as config_lib
 from auxskd_jax.errors import ConfigError
+from auxskd_jax.trees import flatten
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "demo"
@@ -225,7 +226,7 @@ def key_help(config_file: str | None = None) -> dict[str, str]:
 _FALLBACK_HELP = {
     "seed": "Seed of the run's PRNG (initialisation, sampling, augmentation).",
     "task": "What runs (--help lists the tasks).",
-    "model.name": "Backbone: r21d_10, r3d_18, c3d or s3d_g.",
+    "model.name": "Encoder: r21d_10, r3d_18, c3d or s3d_g.",
     "model.width": "Channels of the first stage (64 = the paper's; stages double it).",
     "model.predictor_hidden": "Hidden units of auxSKD's predictor MLP.",
     "augment.flip": "Random horizontal flips.",
@@ -269,8 +270,8 @@ def show_config(config: ml_collections.ConfigDict, defaults: ml_collections.Conf
                 config_file: str | None = None) -> str:
   """The resolved config, one `key = value` line per key, with the config file's value where a
   flag overrode it and the key's help string."""
-  now = config_lib.flatten(json.loads(json.dumps(config.to_dict(), default=str)))
-  base = config_lib.flatten(json.loads(json.dumps(defaults.to_dict(), default=str)))
+  now = flatten(config_lib.json_tree(config))
+  base = flatten(config_lib.json_tree(defaults))
   helps = key_help(config_file)
   rows = []
   for key in sorted(now):

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 import ml_collections
 from absl import logging
 
-from auxskd_jax import defaults, errors
+from auxskd_jax import defaults, distributed, errors
+from auxskd_jax.trees import flatten
 from auxskd_jax.errors import ConfigError, require  # noqa: F401  (re-exported)
 
 # An expected error (a bad flag, a missing file, a corrupt dataset): main.py prints its message
@@ -64,8 +65,6 @@ def base_config() -> ml_collections.ConfigDict:
   # RESUME_FREE_KEYS (paths, logging, workers) may always change.
   c.resume_overrides = ""
   # Multi-process jobs (auxskd_jax/distributed.py); empty values: detect, or run single-process.
-  from auxskd_jax import distributed  # local: distributed imports this module's errors
-
   c.distributed = distributed.config_section()
   # The workdir lease (auxskd_jax/workdir_lock.py, docs/SCALING.md): the holder rewrites it every
   # `renew_every` seconds; one not renewed for `stale_after` seconds is taken over, even from a
@@ -132,7 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
-  c.train.init_from = ""  # checkpoint dir / .pth to initialise the backbone from
+  c.train.init_from = ""  # checkpoint dir / .pth to initialise the encoder from
   # "sync" (statistics over all devices: the authors' one-GPU run), "local" (per device, the
   # devices' mean running statistics) or "dataparallel" (per device, device 0's running
   # statistics: their DataParallel at the same per-device batch); docs/FIDELITY.md.
@@ -178,16 +177,6 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     json.dump(json_tree(config), f, indent=2, sort_keys=True)
   os.replace(tmp, path)
   return path
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  """{"a.b": leaf} of a nested dict (an empty section is a leaf)."""
-  if not isinstance(tree, dict) or (prefix and not tree):
-    return {prefix: tree}
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
 
 
 def _covered(key: str, names: Iterable[str]) -> bool:

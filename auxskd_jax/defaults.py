@@ -68,7 +68,7 @@ def probe() -> ml_collections.ConfigDict:
 
 def knn() -> ml_collections.ConfigDict:
   """`config.eval.knn`: the k-NN monitor of pretraining (evaluator `knn`), top-1 of a k-NN
-  classifier on frozen backbone features of a labelled set, logged with the loss."""
+  classifier on frozen encoder features of a labelled set, logged with the loss."""
   k = ml_collections.ConfigDict()
   k.data_dir = ""  # '' = data.data_dir
   k.data_name = ""  # a labelled prepared set, e.g. 'ucf101/split1'; '' = data.name

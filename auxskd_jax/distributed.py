@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from auxskd_jax.errors import ConfigError, require
+from auxskd_jax.trees import flatten
 
 _FLAG = "--config.distributed"
 # Keys that legitimately differ between the processes of one job.
@@ -473,15 +474,6 @@ def config_json(config: ml_collections.ConfigDict,
   return json.dumps(tree, sort_keys=True, default=str)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
-
-
 def allgather_bytes(data: bytes) -> list[bytes]:
   """Every process's `data`, by process index (a collective: every process must call it)."""
   import jax
@@ -515,10 +507,10 @@ def check_same_config(config: ml_collections.ConfigDict,
   if (digests == digests[0]).all():
     return
   texts = [json.loads(t.decode()) for t in allgather_bytes(text.encode())]
-  mine = _flatten(texts[0])
+  mine = flatten(texts[0])
   diffs = []
   for p, other in enumerate(texts[1:], start=1):
-    theirs = _flatten(other)
+    theirs = flatten(other)
     for key in sorted(set(mine) | set(theirs)):
       if mine.get(key, "<unset>") != theirs.get(key, "<unset>"):
         name = key.replace("<flags>.", "--") if key.startswith("<flags>.") else f"--config.{key}"

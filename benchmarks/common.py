@@ -37,7 +37,7 @@ DTYPES = ("bfloat16", "float32")
 def add_common_flags(parser: argparse.ArgumentParser, *, steps: int = 20,
                      warmup: int = 3) -> None:
   """The flags all scripts share; `--tiny` overrides the sizes for a CPU smoke run."""
-  parser.add_argument("--model", default="r21d_10", help="backbone (auxskd_jax.models.NAMES)")
+  parser.add_argument("--model", default="r21d_10", help="encoder (auxskd_jax.models.NAMES)")
   # None = the paper's value (in brackets), or the --tiny value.
   parser.add_argument("--batch", type=int, default=None,
                       help="global batch, clip pairs for auxSKD [32; tiny 4]")

@@ -54,7 +54,7 @@ JAX_PARTS = ("step", "sampling", "loss_check", "end_to_end", "smoke")
 TORCH_VARIANTS = ("fp32", "bf16_cl3d", "bf16_cl3d_compile")
 LOSS_CHECK_STEPS = 300
 LOSS_CHECK_BATCHES = 2  # distinct paper-shape batches (~3 s each to make)
-# Sizes of the smoke steps: each method's own backbone and width (R(2+1)D-10, 64) on small
+# Sizes of the smoke steps: each method's own encoder and width (R(2+1)D-10, 64) on small
 # clips, so compilation and autotuning, not the paper's shapes, set the part's time.
 SMOKE = dict(batch=8, frame_size=(64, 80), width=None, clip_len=8, crop=56, model=None)
 TINY_SMOKE = dict(batch=4, frame_size=(20, 24), width=4, clip_len=8, crop=16, model="r3d_10")

@@ -1,4 +1,4 @@
-"""Fine-tune R(2+1)D-10 on UCF101 (SPEC section 8), backbone from a pretext checkpoint;
+"""Fine-tune R(2+1)D-10 on UCF101 (SPEC section 8), encoder from a pretext checkpoint;
 `:hmdb51` after the file name fine-tunes on HMDB51 instead.
 
   python main.py --config=configs/finetune_r21d_ucf101.py --workdir=runs/ft_ucf101 \

@@ -2,7 +2,7 @@
 wd 0.005, x0.1 every 6 epochs, 20 epochs, every video visited 10 times an epoch; 4 speeds x 4
 segments (the optimizer and clip values are `base_config()`'s, the paper's).
 
-The paper initialises the backbone from the auxSKD student: pass that run's workdir,
+The paper initialises the encoder from the auxSKD student: pass that run's workdir,
   --config.train.init_from=/path/to/runs/auxskd --config.method_chain="auxSKD -> VSPP"
 Empty (the default) trains VSPP from scratch. On Kinetics-100 by default; `:ucf101` after the
 file name (`--config=configs/vspp_r21d_k100.py:ucf101`) pretrains on UCF101 split 1's train

@@ -1,14 +1,14 @@
-"""Embed videos with a backbone and retrieve the nearest ones: the Python API end to end.
+"""Embed videos with an encoder and retrieve the nearest ones: the Python API end to end.
 
-    python examples/embed_and_retrieve.py                      # a random tiny backbone, seconds
+    python examples/embed_and_retrieve.py                      # a random tiny encoder, seconds
     python examples/embed_and_retrieve.py --checkpoint=runs/demo/pretrain/auxskd \
-        --workdir=/tmp/embed_demo                              # one of our runs' backbones
+        --workdir=/tmp/embed_demo                              # one of our runs' encoders
     python examples/embed_and_retrieve.py --checkpoint=pckpt_epoch_300.pth   # the authors'
 
 It writes a few videos of the demo's four motion classes (auxskd_jax/demo) into --workdir,
 embeds the train and test videos (PyAV decodes them), and scores the test videos as queries
 against the train videos: top-k retrieval and k-NN accuracy, and each query's nearest video.
-A random backbone scores about chance (0.25 for k-NN); compare a pretrained one's (the full
+A random encoder scores about chance (0.25 for k-NN); compare a pretrained one's (the full
 demo's `runs/demo/pretrain/auxskd_vspp`, say). The videos are few, so the numbers are noisy.
 """
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", default="",
                       help="a workdir / checkpoint folder of one of our runs, or a .pth; "
-                           "default: a randomly initialised tiny backbone")
+                           "default: a randomly initialised tiny encoder")
   parser.add_argument("--workdir", default="/tmp/auxskd_embed_example",
                       help="where the demo videos are written")
   parser.add_argument("--per_class", type=int, default=3, help="train videos per class")
@@ -56,17 +56,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
   t0 = time.time()
   if args.checkpoint:
-    backbone = ax.load_backbone(args.checkpoint)
-    print(backbone.report.summary())
+    encoder = ax.load_encoder(args.checkpoint)
+    print(encoder.report.summary())
   else:  # tiny: an 8-wide R3D-10 on 8-frame 16-pixel clips
-    backbone = ax.init_backbone("r3d_10", width=8, clip_len=8, crop_size=16)
-  crop, clip_len = int(backbone.config.clip.crop_size), int(backbone.config.clip.clip_len)
+    encoder = ax.init_encoder("r3d_10", width=8, clip_len=8, crop_size=16)
+  crop, clip_len = int(encoder.config.clip.crop_size), int(encoder.config.clip.clip_len)
   data = demo_videos(args.workdir, size=max(32, crop + crop % 2), num_frames=2 * clip_len,
                      per_class=args.per_class)
   (train_paths, train_labels), (test_paths, test_labels) = data["train"], data["test"]
-  train = ax.embed(backbone, train_paths, num_clips=args.num_clips)
-  test = ax.embed(backbone, test_paths, num_clips=args.num_clips)
-  print(f"{backbone.name} (width {backbone.width}): {len(train_paths)} train and "
+  train = ax.embed(encoder, train_paths, num_clips=args.num_clips)
+  test = ax.embed(encoder, test_paths, num_clips=args.num_clips)
+  print(f"{encoder.name} (width {encoder.width}): {len(train_paths)} train and "
         f"{len(test_paths)} test videos -> {train.shape[1]}-d features "
         f"({time.time() - t0:.1f}s)")
 

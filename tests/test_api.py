@@ -1,4 +1,4 @@
-"""The Python API (auxskd_jax.api): a backbone saved as one of our runs or written as the authors'
+"""The Python API (auxskd_jax.api): an encoder saved as one of our runs or written as the authors'
 auxSKD .pth loads and embeds frames and video files; the authors' file gives the features their
 PyTorch model gives; k-NN, retrieval and nearest neighbours on features; the example runs.
 
@@ -22,11 +22,11 @@ TINY = dict(width=8, clip_len=8, crop_size=16)
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-  """(backbone, workdir): a random tiny backbone saved as a run's checkpoint."""
-  backbone = ax.init_backbone("r3d_10", seed=1, **TINY)
+  """(encoder, workdir): a random tiny encoder saved as a run's checkpoint."""
+  encoder = ax.init_encoder("r3d_10", seed=1, **TINY)
   workdir = str(tmp_path_factory.mktemp("api") / "run")
-  ax.save_backbone(backbone, workdir)
-  return backbone, workdir
+  ax.save_encoder(encoder, workdir)
+  return encoder, workdir
 
 
 def _videos(n=3, t=12, size=(18, 24), seed=0):
@@ -34,18 +34,18 @@ def _videos(n=3, t=12, size=(18, 24), seed=0):
 
 
 def test_run_checkpoint_loads_and_embeds_frames_and_files(saved, tmp_path):
-  backbone, workdir = saved
-  assert backbone.frame_size == (18, 24) and backbone.feature_dim() == 64
+  encoder, workdir = saved
+  assert encoder.frame_size == (18, 24) and encoder.feature_dim() == 64
   videos = _videos()
-  feats = ax.embed(backbone, videos, num_clips=2, batch_size=2)  # 2 batches, one padded
+  feats = ax.embed(encoder, videos, num_clips=2, batch_size=2)  # 2 batches, one padded
   assert feats.shape == (3, 64) and np.isfinite(feats).all()
   assert np.abs(feats[0] - feats[1]).max() > 1e-4  # another video, other features
-  clips = ax.embed(backbone, videos[1], num_clips=2, per_clip=True)  # one video: [E, D]
+  clips = ax.embed(encoder, videos[1], num_clips=2, per_clip=True)  # one video: [E, D]
   assert clips.shape == (2, 64)
   np.testing.assert_allclose(clips.mean(0), feats[1], rtol=1e-5, atol=1e-6)
 
   for where in (workdir, os.path.join(workdir, "checkpoints", "0")):  # workdir or step folder
-    loaded = ax.load_backbone(where)
+    loaded = ax.load_encoder(where)
     assert (loaded.name, loaded.width, loaded.config.clip.crop_size) == ("r3d_10", 8, 16)
     assert len(loaded.report.loaded) > 0 and not loaded.report.missing
     np.testing.assert_allclose(ax.embed(loaded, videos, num_clips=2), feats, rtol=1e-5,
@@ -54,19 +54,19 @@ def test_run_checkpoint_loads_and_embeds_frames_and_files(saved, tmp_path):
   # A video file of another size is decoded at the frame size (PyAV, as `prepare` stores it).
   path = synthetic.write_video(str(tmp_path / "clip.mp4"), _videos(1, 10, (32, 40))[0])
   assert ax.read_video(path).shape == (10, 32, 40, 3)
-  frames = ax.read_video(path, backbone.frame_size)
-  from_file = ax.embed(backbone, [path, videos[0]], num_clips=2)
-  np.testing.assert_allclose(from_file[0], ax.embed(backbone, frames, num_clips=2), rtol=1e-5,
+  frames = ax.read_video(path, encoder.frame_size)
+  from_file = ax.embed(encoder, [path, videos[0]], num_clips=2)
+  np.testing.assert_allclose(from_file[0], ax.embed(encoder, frames, num_clips=2), rtol=1e-5,
                              atol=1e-6)
   np.testing.assert_allclose(from_file[1], feats[0], rtol=1e-5, atol=1e-6)
 
 
 def test_layers_pooled_and_conv5_maxpool(saved):
-  backbone, _ = saved
+  encoder, _ = saved
   video = _videos(1)[0]
-  np.testing.assert_array_equal(ax.embed(backbone, video, layer="pooled", num_clips=2),
-                                ax.embed(backbone, video, layer="pool", num_clips=2))
-  wide = ax.init_backbone("r3d_10", width=8, clip_len=8, crop_size=32)  # conv5 is 1 x 2 x 2
+  np.testing.assert_array_equal(ax.embed(encoder, video, layer="pooled", num_clips=2),
+                                ax.embed(encoder, video, layer="pool", num_clips=2))
+  wide = ax.init_encoder("r3d_10", width=8, clip_len=8, crop_size=32)  # conv5 is 1 x 2 x 2
   dim = wide.feature_dim("conv5_maxpool")
   assert dim == 64 == wide.feature_dim("pool")  # 64 channels max-pooled to 1 x 1 x 1
   feats = ax.embed(wide, _videos(2, 8, wide.frame_size), layer="conv5_maxpool", num_clips=1)
@@ -75,18 +75,18 @@ def test_layers_pooled_and_conv5_maxpool(saved):
 
 
 def test_bad_inputs_say_what_to_do(saved, tmp_path):
-  backbone, _ = saved
+  encoder, _ = saved
   with pytest.raises(ValueError, match="layer 'fc7'"):
-    ax.embed(backbone, _videos(1)[0], layer="fc7")
+    ax.embed(encoder, _videos(1)[0], layer="fc7")
   with pytest.raises(ValueError, match="'conv5_maxpool' is empty.*larger"):
-    ax.embed(backbone, _videos(1)[0], layer="conv5_maxpool")  # 16-pixel crops: nothing left
+    ax.embed(encoder, _videos(1)[0], layer="conv5_maxpool")  # 16-pixel crops: nothing left
   with pytest.raises(ValueError, match="uint8"):
-    ax.embed(backbone, _videos(1)[0].astype(np.float32))
+    ax.embed(encoder, _videos(1)[0].astype(np.float32))
   with pytest.raises(ConfigError, match="does not exist"):
-    ax.load_backbone(str(tmp_path / "nothing"))
+    ax.load_encoder(str(tmp_path / "nothing"))
   (tmp_path / "bare").mkdir()
   with pytest.raises(ConfigError, match="no auxskd-jax checkpoint"):
-    ax.load_backbone(str(tmp_path / "bare"), model_name="r3d_10")
+    ax.load_encoder(str(tmp_path / "bare"), model_name="r3d_10")
 
 
 def test_authors_auxskd_pth_gives_their_models_features(tmp_path):
@@ -97,11 +97,11 @@ def test_authors_auxskd_pth_gives_their_models_features(tmp_path):
                                                  queue_size=12, clip=(8, 16))
   path = str(tmp_path / "pckpt_epoch_3.pth")
   torch.save(checkpoint, path)
-  backbone = ax.load_backbone(path, clip_len=8, crop_size=16)  # name and width from the keys
-  assert (backbone.name, backbone.width) == ("r3d_10", 8)
-  assert backbone.report.format == "authors' auxSKD checkpoint (student encoder_q)"
+  encoder = ax.load_encoder(path, clip_len=8, crop_size=16)  # name and width from the keys
+  assert (encoder.name, encoder.width) == ("r3d_10", 8)
+  assert encoder.report.format == "authors' auxSKD checkpoint (student encoder_q)"
   frames = _videos(1, 8, (16, 16), seed=3)[0]  # one clip, already the crop size
-  ours = ax.embed(backbone, frames, num_clips=1, resize=False)
+  ours = ax.embed(encoder, frames, num_clips=1, resize=False)
 
   student = reference_torch.build_torch("r3d_10", num_classes=16, width=8)
   prefix = "encoder_q.module."
@@ -113,15 +113,15 @@ def test_authors_auxskd_pth_gives_their_models_features(tmp_path):
     theirs = student(bgr.permute(3, 0, 1, 2)[None], features_only=True)[0].numpy()
   np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * np.abs(theirs).max())
 
-  # Their VSPP file (a DataParallel state dict with two heads): the backbone, heads left out.
+  # Their VSPP file (a DataParallel state dict with two heads): the encoder, heads left out.
   vspp = str(tmp_path / "epoch_segment_self_f-10.pth.tar")
   torch.save(reference_torch.vspp_checkpoint("r3d_10", width=8), vspp)
-  loaded = ax.load_backbone(vspp, clip_len=8, crop_size=16)
+  loaded = ax.load_encoder(vspp, clip_len=8, crop_size=16)
   assert (loaded.name, loaded.width) == ("r3d_10", 8)
   assert loaded.report.format.startswith("PyTorch DataParallel")
   assert {"params/linear/kernel", "params/linear_segment/bias"} <= set(loaded.report.unused)
-  with pytest.raises(ConfigError, match="r21d_10"):  # told another backbone: named layers
-    ax.load_backbone(vspp, model_name="r21d_10", width=8)
+  with pytest.raises(ConfigError, match="r21d_10"):  # told another encoder: named layers
+    ax.load_encoder(vspp, model_name="r21d_10", width=8)
 
 
 def test_knn_retrieval_and_nearest():
@@ -137,7 +137,7 @@ def test_knn_retrieval_and_nearest():
   assert ax.knn(queries, [2, 0], gallery, labels, k=3, temperature=0) == 0.5
 
 
-def test_example_runs_with_a_saved_backbone(saved, tmp_path, capsys):
+def test_example_runs_with_a_saved_encoder(saved, tmp_path, capsys):
   _, workdir = saved
   spec = importlib.util.spec_from_file_location(
       "embed_and_retrieve", os.path.join(_ROOT, "examples", "embed_and_retrieve.py"))
@@ -159,5 +159,5 @@ def test_import_stays_cheap():
                  env={**os.environ, "PYTHONPATH": _ROOT})
   from auxskd_jax import api
 
-  assert ax.embed is api.embed and ax.load_backbone is api.load_backbone
+  assert ax.embed is api.embed and ax.load_encoder is api.load_encoder
   assert set(api.__all__) <= set(dir(ax))

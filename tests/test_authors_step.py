@@ -119,7 +119,7 @@ class Role:
   """One network of a method: where ours keeps it (`params` / `extras` key), its kind."""
   where: str  # 'params' (trained) or 'extras' (the teacher)
   key: str
-  kind: str  # 'backbone', 'predictor' or 'vcop_head'
+  kind: str  # 'encoder', 'predictor' or 'vcop_head'
   heads: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -129,8 +129,8 @@ def _numpy_sd(module) -> dict[str, np.ndarray]:
 
 
 def torch_to_ours(role: Role, sd: dict[str, np.ndarray]) -> dict[str, Any]:
-  if role.kind == "backbone":
-    return convert.backbone_from_torch(sd, NAME, heads=role.heads, width=WIDTH)
+  if role.kind == "encoder":
+    return convert.encoder_from_torch(sd, NAME, heads=role.heads, width=WIDTH)
   if role.kind == "predictor":
     return convert.predictor_from_torch(sd)
   return {"params": {m: {"kernel": sd[f"{m}.weight"].T, "bias": sd[f"{m}.bias"]}
@@ -138,7 +138,7 @@ def torch_to_ours(role: Role, sd: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def ours_to_torch(role: Role, variables: dict[str, Any]) -> dict[str, np.ndarray]:
-  if role.kind == "backbone":
+  if role.kind == "encoder":
     sd = convert.to_torch(variables, NAME)
   elif role.kind == "predictor":
     sd = convert.predictor_to_torch(variables)
@@ -357,7 +357,7 @@ def report(failures: list[str]) -> str:
 def test_videopace_step_matches_authors():
   config = config_for("pace_r21d_k100")
   r = config.clip.max_speed
-  roles = {"model": Role("params", "encoder", "backbone", {"linear": r})}
+  roles = {"model": Role("params", "encoder", "encoder", {"linear": r})}
   harness = Harness.build(pace.VideoPace, config, roles)
   torch.manual_seed(0)
   run = authors.TorchRun({"model": reference_torch.build_torch(NAME, num_classes=r, width=WIDTH)},
@@ -379,7 +379,7 @@ def test_videopace_step_matches_authors():
 def test_vspp_step_matches_authors():
   config = config_for("vspp_r21d_k100")
   heads = {"linear": config.clip.max_speed, "linear_segment": config.clip.num_segments}
-  roles = {"model": Role("params", "encoder", "backbone", heads)}
+  roles = {"model": Role("params", "encoder", "encoder", heads)}
   harness = Harness.build(vspp.VSPP, config, roles)
   torch.manual_seed(1)
   run = authors.TorchRun({"model": reference_torch.build_torch(NAME, heads=heads, width=WIDTH)},
@@ -409,7 +409,7 @@ def authors_queue(size: int, dim: int, per_key: bool) -> "torch.Tensor":
 
 
 def student_and_teacher(seed: int, **build: Any) -> tuple["torch.nn.Module", "torch.nn.Module"]:
-  """The authors' momentum pair: a torch backbone and its frozen copy (the teacher starts as
+  """The authors' momentum pair: a torch encoder and its frozen copy (the teacher starts as
   the student)."""
   torch.manual_seed(seed)
   student = reference_torch.build_torch(NAME, width=WIDTH, **build)
@@ -427,9 +427,9 @@ def test_auxskd_step_matches_authors():
   config.model.embed_dim = EMBED
   assert config.auxskd.teacher_bn == "shuffle"
   head = {"linear": EMBED}
-  roles = {"encoder_q": Role("params", "encoder", "backbone", head),
+  roles = {"encoder_q": Role("params", "encoder", "encoder", head),
            "predict_q_c": Role("params", "predictor", "predictor"),
-           "encoder_k": Role("extras", "teacher", "backbone", head)}
+           "encoder_k": Role("extras", "teacher", "encoder", head)}
   harness = Harness.build(auxskd.AuxSKD, config, roles)
   student, teacher = student_and_teacher(2, num_classes=EMBED)
   modules = {"encoder_q": student, "encoder_k": teacher,
@@ -460,8 +460,8 @@ def test_rspnet_step_matches_authors():
   s.queue_size, s.momentum, s.embed_dim = QUEUE, EMA, EMBED
   assert s.teacher_bn == "shuffle"
   heads = {name: EMBED for name in rspnet.HEADS}
-  roles = {"encoder_q": Role("params", "encoder", "backbone", heads),
-           "encoder_k": Role("extras", "teacher", "backbone", heads)}
+  roles = {"encoder_q": Role("params", "encoder", "encoder", heads),
+           "encoder_k": Role("extras", "teacher", "encoder", heads)}
   harness = Harness.build(rspnet.RSPNet, config, roles)
   enc_q, enc_k = student_and_teacher(3, heads=heads)
   run = authors.TorchRun({"encoder_q": enc_q, "encoder_k": enc_k}, ("encoder_q",), LR, 0.9,
@@ -512,19 +512,19 @@ def vcop_keep_masks(method, key: jax.Array, steps: int) -> list[np.ndarray]:
 
 @product_xla
 def test_vcop_step_matches_authors_with_one_batch_of_positions():
-  """Ours runs the n clip positions through the backbone as one batch (docs/FIDELITY.md,
+  """Ours runs the n clip positions through the encoder as one batch (docs/FIDELITY.md,
   "VCOP batch statistics"); theirs once per position. Parity is checked against their step
   with that one change; the change itself is measured, and must be a real difference (else
   the documented deviation is gone and FIDELITY.md is to be updated)."""
   config = config_for("vcop_r21d_ucf101")
   n = config.clip.vcop_clips
-  roles = {"backbone": Role("params", "encoder", "backbone"),
+  roles = {"encoder": Role("params", "encoder", "encoder"),
            "head": Role("params", "vcop_head", "vcop_head")}
   harness = Harness.build(vcop.VCOP, config, roles)
   torch.manual_seed(4)
-  modules = {"backbone": reference_torch.build_torch(NAME, width=WIDTH),
+  modules = {"encoder": reference_torch.build_torch(NAME, width=WIDTH),
              "head": authors.VCOPHead(WIDTH * 8, n, config.vcop.hidden, config.vcop.dropout)}
-  run = authors.TorchRun(modules, ("backbone", "head"), LR, 0.9, config.optim.weight_decay)
+  run = authors.TorchRun(modules, ("encoder", "head"), LR, 0.9, config.optim.weight_decay)
   rng = np.random.default_rng(4)
   keep = vcop_keep_masks(harness.method, jax.random.PRNGKey(1), STEPS)
   assert all(0.3 < np.mean(k) < 0.7 for k in keep)

@@ -2,7 +2,7 @@
 writes its JSON with the keys the GPU session will read, and rejects bad flags clearly.
 
 The scripts share compiled steps through a persistent compilation cache (the same tiny auxSKD
-step is compiled once for all of them), and use R3D-10, the quickest backbone to compile.
+step is compiled once for all of them), and use R3D-10, the quickest encoder to compile.
 """
 
 from __future__ import annotations

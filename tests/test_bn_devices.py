@@ -1,7 +1,7 @@
 """BN over several devices against the authors' semantics: our auxSKD step (its loss, EMA,
 shuffled-BN teacher, queue, optimizer) pmapped over 4 CPU devices, beside a PyTorch emulation of
-`nn.DataParallel` as the authors' `train.py` uses it, on a tiny conv + BN backbone (the BN
-mechanics are what is tested; the full backbones are tested layer by layer elsewhere).
+`nn.DataParallel` as the authors' `train.py` uses it, on a tiny conv + BN encoder (the BN
+mechanics are what is tested; the full encoders are tested layer by layer elsewhere).
 
 `DataParallel` scatters the batch in contiguous chunks, one per GPU; every replica's BN
 normalises with its own chunk's statistics, and only the first replica's running statistics

@@ -147,7 +147,7 @@ def test_mismatched_keys_name_the_first_missing_and_unexpected():
     convert.from_torch(sd, "s3d_g")
   with pytest.raises(convert.CheckpointMismatchError, match="no student encoder"):
     convert.from_torch({"state_dict": {f"encoder_k.{k}": v for k, v in sd.items()}}, "r3d_10")
-  with pytest.raises(ValueError, match="not a backbone"):
+  with pytest.raises(ValueError, match="not an encoder"):
     convert.from_torch(sd, "r2plus1d")
 
 

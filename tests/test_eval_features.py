@@ -10,7 +10,7 @@ from auxskd_jax.evaluate import features
 
 
 class FrameMeans(nn.Module):
-  """A stand-in backbone whose 'features' are the mean value of each frame of the clip.
+  """A stand-in encoder whose 'features' are the mean value of each frame of the clip.
 
   With frames whose every pixel equals the frame's index in the video, the features spell
   out which frames each clip holds. Its `linear` head is the identity map.

@@ -28,7 +28,7 @@ def test_results_written_and_table_appended(tmp_path):
                           checkpoint="")
   report.write_results(wd, r2)
   lines = open(md_path).read().splitlines()
-  assert lines[0].startswith("| Method | Backbone |") and "top1 (%)" in lines[0]
+  assert lines[0].startswith("| Method | Encoder |") and "top1 (%)" in lines[0]
   assert len(lines) == 4  # header, rule, two rows (same columns: one table)
   assert "| auxSKD -> VSPP | r21d_10 (width 8) | K100 | retrieval | ucf101/split1 |" in lines[2]
   assert "25.00" in lines[2] and "12.50" in lines[3] and "random init" in lines[3]

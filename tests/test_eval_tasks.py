@@ -66,7 +66,7 @@ def _tiny(config, data_dir, name="video_folder/labelled"):
   with config.unlocked():
     config.data.name = name
   config.data.data_dir = data_dir
-  config.model.name = "r3d_10"  # the tasks are tested, not the backbone: R3D compiles fastest
+  config.model.name = "r3d_10"  # the tasks are tested, not the encoder: R3D compiles fastest
   config.model.width = 8
   config.clip.clip_len = 8
   config.clip.crop_size = 16
@@ -166,7 +166,7 @@ def _small(name):
 
 
 def _save_checkpoint(workdir, name, num_classes=128):
-  """One of our training checkpoints holding a `name` backbone under params['encoder'].
+  """One of our training checkpoints holding a `name` encoder under params['encoder'].
 
   Values are random numbers of the right shapes (no network is compiled: fast on CPU).
   """
@@ -206,7 +206,7 @@ def test_our_checkpoint_loads_with_new_head(tmp_path):
 
   saved = _save_checkpoint(str(tmp_path / "pre"), "r21d_10")
   target = _target("r21d_10", num_classes=3)
-  v, report = weights.load_backbone(str(tmp_path / "pre"), target, strict=True, flag="train.init_from",
+  v, report = weights.load_encoder(str(tmp_path / "pre"), target, strict=True, flag="train.init_from",
                                         model_name="r21d_10")
   np.testing.assert_array_equal(v["params"]["conv2"]["block1"]["bn1"]["scale"],
                                 saved["params"]["conv2"]["block1"]["bn1"]["scale"])
@@ -215,10 +215,10 @@ def test_our_checkpoint_loads_with_new_head(tmp_path):
   # The new 3-way head keeps its fresh values (not the checkpoint's 128-d head).
   np.testing.assert_array_equal(v["params"]["linear"]["kernel"], target["params"]["linear"]["kernel"])
   assert not report.missing
-  # A frozen backbone for retrieval: no head at all, every layer from the checkpoint.
+  # A frozen encoder for retrieval: no head at all, every layer from the checkpoint.
   config = _small("r21d_10")
   config.eval.init_from = str(tmp_path / "pre")
-  model, frozen = common.frozen_backbone(config, "eval.init_from")
+  model, frozen = common.frozen_encoder(config, "eval.init_from")
   assert "linear" not in frozen["params"]
   np.testing.assert_array_equal(frozen["params"]["conv1"]["spatial_conv"]["kernel"],
                                 saved["params"]["conv1"]["spatial_conv"]["kernel"])
@@ -236,7 +236,7 @@ def test_torch_checkpoint_loads(tmp_path):
   sd = {"module." + k: v for k, v in net.state_dict().items()}
   path = str(tmp_path / "ref.pth")
   torch.save(sd, path)
-  v, report = weights.load_backbone(path, _target("r21d_10", num_classes=3), strict=True,
+  v, report = weights.load_encoder(path, _target("r21d_10", num_classes=3), strict=True,
                                      flag="train.init_from",
                                         model_name="r21d_10")
   w = sd["module.conv1.spatial_conv.weight"].numpy()  # (out, in, kt, kh, kw)
@@ -245,7 +245,7 @@ def test_torch_checkpoint_loads(tmp_path):
   assert v["params"]["linear"]["kernel"].shape == (64, 3)
 
 
-def test_checkpoint_of_another_backbone_names_layers(tmp_path):
+def test_checkpoint_of_another_encoder_names_layers(tmp_path):
   from auxskd_jax import weights
   from auxskd_jax.tasks import common
   from auxskd_jax.train import encoder as encoder_lib
@@ -253,14 +253,14 @@ def test_checkpoint_of_another_backbone_names_layers(tmp_path):
   # r21d_10's checkpoint lacks the second block of every stage of r21d_18.
   _save_checkpoint(str(tmp_path / "r21d10"), "r21d_10")
   with pytest.raises(ConfigError, match=r"train.init_from.*conv\d/blocks"):
-    weights.load_backbone(str(tmp_path / "r21d10"), _target("r21d_18", 3), strict=True,
-                          flag="train.init_from", model_name="r21d_18")
+    weights.load_encoder(str(tmp_path / "r21d10"), _target("r21d_18", 3), strict=True,
+                         flag="train.init_from", model_name="r21d_18")
   # A C3D checkpoint shares almost nothing with R(2+1)D.
   _save_checkpoint(str(tmp_path / "c3d"), "c3d")
   with pytest.raises(ConfigError, match="eval.init_from.*conv1"):
     config = _small("r21d_10")
     config.eval.init_from = str(tmp_path / "c3d")
-    common.frozen_backbone(config, "eval.init_from")
+    common.frozen_encoder(config, "eval.init_from")
 
 
 def test_missing_checkpoint_path_fails_validation(tmp_path):

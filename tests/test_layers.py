@@ -19,7 +19,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # own layer or lower ones only. Small helpers every layer needs sit just above `errors`.
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "defaults": 1, "distributed": 1, "runtime": 1,
+    "defaults": 1, "distributed": 1, "runtime": 1, "trees": 1,
     "config": 2,
     "models": 3, "ops": 3, "data": 3, "weights": 3, "testing": 3,
     "train": 4, "workdir_lock": 4,

@@ -1,4 +1,4 @@
-"""Backbones: shapes, names, exact parameter counts, jit, bf16, cross-device BN."""
+"""Encoders: shapes, names, exact parameter counts, jit, bf16, cross-device BN."""
 
 import jax
 import jax.numpy as jnp

@@ -89,7 +89,7 @@ def test_validate_names_bad_keys():
 
 
 # The end-to-end runs' settings: what they test is the task (data, recipe, loop, checkpoint,
-# metrics), so the backbone is the quickest to compile (R3D-10, width 8) on 8-frame 16x16
+# metrics), so the encoder is the quickest to compile (R3D-10, width 8) on 8-frame 16x16
 # clips, for 2 steps.
 E2E = {"train.init_from": "", "model.name": "r3d_10", "model.width": 8, "clip.clip_len": 8,
        "clip.crop_size": 16, "train.batch_size": 4, "train.num_steps": 2, "train.log_every": 1,

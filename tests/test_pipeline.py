@@ -1,10 +1,11 @@
 """The pipeline task: a tiny chain (VSPP -> VSPP from its checkpoint -> retrieval, and a
 random-init retrieval) runs end to end; SIGKILL in its middle stage, then a restart, gives the
-same table; a finished pipeline trains nothing and prints its table; a changed stage is
-refused. And configs/paper_k100.py (and its variants) builds, every stage's values valid."""
+same table, also with the workdir moved before the restart; a finished pipeline (or a copy
+of its workdir) trains nothing and prints its table; a changed stage is refused. And configs/paper_k100.py (and its variants) builds, every stage's values valid."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -170,6 +171,15 @@ def test_pipeline_end_to_end_kill_resume_rerun_and_refusal(tiny_prepared, tmp_pa
   assert md.strip() in out
   assert open(metrics).read() == before and again["rows"] == rows
 
+  # A copy of the workdir is the same finished run: the paths the pipeline derives from
+  # `stage:` references are compared relative to its workdir, so nothing is redone.
+  copied = str(tmp_path / "copied")
+  shutil.copytree(full, copied)
+  tasks.check_workdir(task, config, copied)
+  capsys.readouterr()
+  assert task.run(config, copied)["rows"] == rows
+  assert capsys.readouterr().out.count("done before, skipped") == len(STAGES)
+
   # A changed stage is refused by the resume rule, naming the stage's key; listed, it passes.
   changed = _tiny_pipeline(data_dir)
   changed.stages.vspp2.train.num_steps = 7
@@ -199,11 +209,14 @@ def test_pipeline_end_to_end_kill_resume_rerun_and_refusal(tiny_prepared, tmp_pa
   assert still_running, "the pipeline ended before it could be killed in its middle stage"
   assert os.path.isfile(os.path.join(killed, "vspp", pipeline.DONE))
   assert not os.path.isfile(os.path.join(killed, "vspp2", pipeline.DONE))
+  # The interrupted workdir is moved before the restart: vspp2 resumes from its checkpoints.
+  relocated = str(tmp_path / "relocated")
+  os.rename(killed, relocated)
   capsys.readouterr()
   task.validate(config)  # the restart, in-process: what main.py does
-  tasks.check_workdir(task, config, killed)
-  tasks.claim_workdir(task, config, killed)
-  task.run(config, killed)
+  tasks.check_workdir(task, config, relocated)
+  tasks.claim_workdir(task, config, relocated)
+  task.run(config, relocated)
   out = capsys.readouterr().out
   assert "vspp: done before, skipped" in out and "vspp2: vspp starting" in out
-  assert _table(killed) == (rows, md)
+  assert _table(relocated) == (rows, md)

@@ -1,5 +1,5 @@
 """The one loading path: files written exactly as the authors' auxSKD and VSPP scripts write
-them initialise VSPP / fine-tuning / retrieval backbones and give back the whole auxSKD state;
+them initialise VSPP / fine-tuning / retrieval encoders and give back the whole auxSKD state;
 arbitrary pickles are refused unless trusted."""
 
 import jax
@@ -52,7 +52,7 @@ def auxskd_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auxskd_r3d_file(tmp_path_factory):
-  """The same file with an R3D-10 backbone, for the test that compiles a training step (R3D
+  """The same file with an R3D-10 encoder, for the test that compiles a training step (R3D
   compiles in about half R(2+1)D's time)."""
   checkpoint = reference_torch.auxskd_checkpoint(
       "r3d_10", width=WIDTH, embed=EMBED, hidden=HIDDEN, queue_size=QUEUE, epoch=3)
@@ -74,11 +74,11 @@ def test_authors_auxskd_file_has_their_layout(auxskd_file):
 
 def test_auxskd_student_initialises_vspp_and_finetuning(auxskd_file):
   path, checkpoint = auxskd_file
-  student = convert.backbone_from_torch(
+  student = convert.encoder_from_torch(
       torch_sd(checkpoint["state_dict"], "encoder_q.module."), "r21d_10")
   teacher_w = checkpoint["state_dict"]["encoder_k.module.conv1.spatial_conv.weight"].numpy()
-  # VSPP (lenient): backbone from the student, the 16-d head does not fit the speed head.
-  vspp, report = pretrained.load_backbone(
+  # VSPP (lenient): encoder from the student, the 16-d head does not fit the speed head.
+  vspp, report = pretrained.load_encoder(
       path, target("r21d_10", heads={"linear": 4, "linear_segment": 4}), model_name="r21d_10",
       strict=False, heads="all")
   assert report.format == pretrained.AUXSKD_TORCH and report.epoch == 3
@@ -91,11 +91,11 @@ def test_auxskd_student_initialises_vspp_and_finetuning(auxskd_file):
   assert any(s.startswith("params/linear/kernel") for s in report.shape_mismatch)
   assert "params/linear_segment/kernel" in report.missing
   assert "epoch 3" in report.summary() and "encoder_q" in report.summary()
-  # Fine-tuning / retrieval (strict): every backbone layer loads, the new head stays fresh.
+  # Fine-tuning / retrieval (strict): every encoder layer loads, the new head stays fresh.
   fresh = target("r21d_10", num_classes=3)
   fresh["params"]["linear"]["bias"] += 7.0
-  ft, report = pretrained.load_backbone(path, fresh, model_name="r21d_10", strict=True,
-                                        flag="eval.init_from")
+  ft, report = pretrained.load_encoder(path, fresh, model_name="r21d_10", strict=True,
+                                       flag="eval.init_from")
   assert not report.missing and not report.shape_mismatch
   assert report.kept_fresh == ["params/linear/bias", "params/linear/kernel"]
   np.testing.assert_array_equal(ft["params"]["linear"]["bias"], np.full(3, 7.0))
@@ -108,8 +108,8 @@ def test_auxskd_state_continues_their_run(auxskd_file):
   path, checkpoint = auxskd_file
   sd = checkpoint["state_dict"]
   state = pretrained.load_auxskd_torch_state(path, "r21d_10")
-  want_student = convert.backbone_from_torch(torch_sd(sd, "encoder_q.module."), "r21d_10")
-  want_teacher = convert.backbone_from_torch(torch_sd(sd, "encoder_k.module."), "r21d_10")
+  want_student = convert.encoder_from_torch(torch_sd(sd, "encoder_q.module."), "r21d_10")
+  want_teacher = convert.encoder_from_torch(torch_sd(sd, "encoder_k.module."), "r21d_10")
   for got, want in ((state["params"]["encoder"], want_student["params"]),
                     (state["batch_stats"]["encoder"], want_student["batch_stats"]),
                     (state["teacher"], want_teacher)):
@@ -154,16 +154,16 @@ def test_authors_vspp_file_loads(tmp_path):
   assert "module.linear_segment.weight" in sd and "module.conv1.bn.running_mean" in sd
   path = str(tmp_path / "epoch_segment_self_f-20.pth.tar")
   torch.save(sd, path)
-  want = convert.backbone_from_torch(torch_sd(sd, "module."), "r21d_10")
-  # Another VSPP run (its heads too) and fine-tuning (backbone only).
-  got, report = pretrained.load_backbone(
+  want = convert.encoder_from_torch(torch_sd(sd, "module."), "r21d_10")
+  # Another VSPP run (its heads too) and fine-tuning (encoder only).
+  got, report = pretrained.load_encoder(
       path, target("r21d_10", heads={"linear": 4, "linear_segment": 4}), model_name="r21d_10",
       strict=True, heads=("linear", "linear_segment"))
   assert report.format == pretrained.DATA_PARALLEL_TORCH and not report.kept_fresh
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)
-  got, report = pretrained.load_backbone(path, target("r21d_10"), model_name="r21d_10",
-                                         strict=True, flag="eval.init_from")
+  got, report = pretrained.load_encoder(path, target("r21d_10"), model_name="r21d_10",
+                                        strict=True, flag="eval.init_from")
   assert "linear" not in got["params"] and len(report.unused) == 4  # the two heads
 
 
@@ -173,8 +173,8 @@ def test_s3dg_auxskd_file_loads(tmp_path):
   assert "encoder_q.module.mixed_5c.gating_b3.fc.weight" in checkpoint["state_dict"]
   path = str(tmp_path / "pckpt_epoch_3.pth")
   torch.save(checkpoint, path)
-  got, report = pretrained.load_backbone(path, target("s3d_g", num_classes=5),
-                                         model_name="s3d_g", strict=True)
+  got, report = pretrained.load_encoder(path, target("s3d_g", num_classes=5),
+                                        model_name="s3d_g", strict=True)
   want = checkpoint["state_dict"]["encoder_q.module.mixed_4b.conv_b1_b.conv2.weight"].numpy()
   np.testing.assert_array_equal(got["params"]["mixed_4b"]["conv_b1_b"]["conv2"]["kernel"],
                                 np.transpose(want, (2, 3, 4, 1, 0)))
@@ -189,10 +189,10 @@ def test_arbitrary_pickles_are_refused_unless_trusted(tmp_path):
   torch.save({"state_dict": sd, "extra": Opaque()}, path)
   with pytest.raises(ConfigError, match=r"eval.init_from=.*pickled Python objects.*Opaque.*"
                                         r"--config.eval.trust_pickle=True"):
-    pretrained.load_backbone(path, target("c3d"), model_name="c3d", strict=True,
-                             flag="eval.init_from")
-  got, _ = pretrained.load_backbone(path, target("c3d"), model_name="c3d", strict=True,
-                                    flag="eval.init_from", trust_pickle=True)
+    pretrained.load_encoder(path, target("c3d"), model_name="c3d", strict=True,
+                            flag="eval.init_from")
+  got, _ = pretrained.load_encoder(path, target("c3d"), model_name="c3d", strict=True,
+                                   flag="eval.init_from", trust_pickle=True)
   np.testing.assert_array_equal(got["params"]["conv1"]["bias"], sd["module.conv1.bias"].numpy())
 
 
@@ -200,23 +200,23 @@ def test_errors_name_the_flag(tmp_path):
   path = str(tmp_path / "c3d.pth")
   torch.save(reference_torch.vspp_checkpoint("c3d", width=WIDTH), path)
   with pytest.raises(ConfigError, match=r"eval.init_from.*model.name.*look like a 'c3d'"):
-    pretrained.load_backbone(path, target("r21d_10"), model_name="r21d_10", strict=True,
-                             flag="eval.init_from")
+    pretrained.load_encoder(path, target("r21d_10"), model_name="r21d_10", strict=True,
+                            flag="eval.init_from")
   with pytest.raises(ConfigError, match=r"train.init_from.*model.name"):
-    pretrained.load_backbone(path, target("c3d"), model_name=None, strict=False)
+    pretrained.load_encoder(path, target("c3d"), model_name=None, strict=False)
   with pytest.raises(ConfigError, match="does not exist"):
-    pretrained.load_backbone(str(tmp_path / "nope"), target("c3d"), model_name="c3d",
-                             strict=False)
+    pretrained.load_encoder(str(tmp_path / "nope"), target("c3d"), model_name="c3d",
+                            strict=False)
   with pytest.raises(ConfigError, match="not an auxSKD distillation checkpoint"):
     pretrained.load_auxskd_torch_state(path, "c3d")
   # A wider c3d: strict names the layers; lenient refuses when too little matches.
   wide = str(tmp_path / "wide.pth")
   torch.save(reference_torch.vspp_checkpoint("c3d", width=2 * WIDTH), wide)
-  with pytest.raises(ConfigError, match=r"train.init_from.*48 backbone.*params/bn1/bias: "
+  with pytest.raises(ConfigError, match=r"train.init_from.*48 encoder.*params/bn1/bias: "
                                         r"checkpoint \(16,\) vs model \(8,\).*model.width"):
-    pretrained.load_backbone(wide, target("c3d"), model_name="c3d", strict=True)
-  with pytest.raises(ConfigError, match=r"only 0 of the backbone's"):
-    pretrained.load_backbone(wide, target("c3d"), model_name="c3d", strict=False)
+    pretrained.load_encoder(wide, target("c3d"), model_name="c3d", strict=True)
+  with pytest.raises(ConfigError, match=r"only 0 of the encoder's"):
+    pretrained.load_encoder(wide, target("c3d"), model_name="c3d", strict=False)
 
 
 def test_auxskd_task_continues_the_authors_run(auxskd_r3d_file):

@@ -85,7 +85,7 @@ def test_pmapped_steps_reduce_loss_on_fixed_batch():
   state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20, seed=0, 
                                           make_clips=fixed_clips)
   assert set(state.params) == {"encoder", "vcop_head"}
-  assert "linear" not in state.params["encoder"]  # the backbone has no head of its own
+  assert "linear" not in state.params["encoder"]  # the encoder has no head of its own
   w = ops.window_len("vcop", config)
   rng = np.random.default_rng(0)
   batch = {"windows": rng.integers(0, 256, (4, 2, 1, w, 16, 16, 3), dtype=np.uint8),

@@ -45,9 +45,9 @@ def _auxskd_checkpoint(workdir, model_name="r3d_10"):
   return state
 
 
-def test_init_from_auxskd_checkpoint_loads_backbone(tmp_path):
+def test_init_from_auxskd_checkpoint_loads_encoder(tmp_path):
   # R3D-10 (full 3-D convs, `temporal_spatial_conv`): loading is by layer name whatever the
-  # backbone, and it initialises in half R(2+1)D's compile time.
+  # encoder, and it initialises in half R(2+1)D's compile time.
   aux = _auxskd_checkpoint(str(tmp_path / "aux"))
   config = _load("vspp_r21d_k100")
   config.model.name = "r3d_10"
@@ -67,7 +67,7 @@ def test_init_from_auxskd_checkpoint_loads_backbone(tmp_path):
   assert len(report.summary().splitlines()) == 1  # without --verbose: one line
 
 
-def test_init_from_other_backbone_names_layers(tmp_path):
+def test_init_from_other_encoder_names_layers(tmp_path):
   _auxskd_checkpoint(str(tmp_path / "aux"), model_name="c3d")
   config = _load("vspp_r21d_k100")
   target = vspp.VSPP(config)
@@ -76,9 +76,9 @@ def test_init_from_other_backbone_names_layers(tmp_path):
   variables = encoder_lib.init_variables(target.model, jax.random.PRNGKey(0),
                                          encoder_lib.dummy_clip(config))
   with pytest.raises(ValueError, match="conv1/spatial_conv"):
-    weights.load_backbone(str(tmp_path / "aux"), variables, strict=False)
+    weights.load_encoder(str(tmp_path / "aux"), variables, strict=False)
   with pytest.raises(FileNotFoundError, match="init_from"):
-    weights.load_backbone(str(tmp_path / "nothing"), variables, strict=False)
+    weights.load_encoder(str(tmp_path / "nothing"), variables, strict=False)
 
 
 def test_vspp_step_metrics():

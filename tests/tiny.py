@@ -1,5 +1,5 @@
 """Tiny versions of the real configs for method tests: the method is what is tested, so the
-backbone is a width-8 R3D-10 (the quickest to compile on XLA:CPU) on 8-frame 16x16 clips."""
+encoder is a width-8 R3D-10 (the quickest to compile on XLA:CPU) on 8-frame 16x16 clips."""
 
 import importlib.util
 import os

@@ -129,7 +129,7 @@ def retrieval_config(config: ml_collections.ConfigDict, data_dir: str, init_from
 
 def probe_config(config: ml_collections.ConfigDict, data_dir: str, init_from: str,
                  chain: str) -> ml_collections.ConfigDict:
-  """A linear classifier on the frozen backbone's video features (`demo.probe_steps` steps)."""
+  """A linear classifier on the frozen encoder's video features (`demo.probe_steps` steps)."""
   c = _base(config, "linear_probe", data_dir, ACTIONS, chain)
   with c.unlocked():
     c.eval.init_from = init_from

@@ -6,7 +6,7 @@ extractor's pmapped forward built, so it compiles on its first call only), and i
 
     metrics = evaluator(variables, step)   # on every process; process 0 logs them
 
-with `variables = {'params', 'batch_stats'}` of the backbone with its heads (host numpy,
+with `variables = {'params', 'batch_stats'}` of the encoder with its heads (host numpy,
 unreplicated). Metrics are logged under the evaluator's `name` (TensorBoard `knn/top1`,
 metrics.jsonl rows `{"step", "split": "knn", "top1", ...}`).
 
@@ -114,7 +114,7 @@ class FinetuneValidation:
 
 
 class KnnMonitor:
-  """k-NN top-1 on frozen backbone features of a labelled set, for watching pretraining.
+  """k-NN top-1 on frozen encoder features of a labelled set, for watching pretraining.
 
   Cosine similarity between the queries' and the gallery's clip-averaged features; a weighted
   vote of the `k` nearest (`temperature`). Metrics: `top1` (the k-NN classifier) and

@@ -1,4 +1,4 @@
-"""Per-clip backbone features (and head logits) for every video of a split, under pmap.
+"""Per-clip encoder features (and head logits) for every video of a split, under pmap.
 
 Each video gives E clips (default `config.clip.eval_clips` = 10) from uniformly spaced windows
 (the loader's `start_mode='uniform'`), centre-cropped by `ops.make_clips('eval', ...)`. The
@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from auxskd_jax import data, ops
-# Feature layers a backbone returns with `features_only=True, feature_layer=...`:
+# Feature layers an encoder returns with `features_only=True, feature_layer=...`:
 # 'pool': the last stage globally average-pooled (512-d at width 64; SPEC section 8);
 # 'conv5_maxpool': the last stage max-pooled with kernel and stride (1, 2, 2) and flattened,
 # the features of the VCOP retrieval protocol (9216-d for R(2+1)D at 16x112x112).
@@ -32,11 +32,11 @@ def _forward(model: nn.Module, config: ml_collections.ConfigDict, *, with_logits
              ) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
   """The per-device function: a batch of videos -> features `[b, E, D]` (+ logits `[b, E, C]`).
 
-  Logits are the `linear` head applied to the same pooled features (one backbone pass), which
+  Logits are the `linear` head applied to the same pooled features (one encoder pass), which
   is what the model's own head computes. `clip_mean` averages the E clips on the device and
   returns `[b, 1, D]` (wide layers such as conv5_maxpool would otherwise fill host memory).
   """
-  # The keyword is passed only for another layer than the model's default, so backbones (and
+  # The keyword is passed only for another layer than the model's default, so encoders (and
   # test stand-ins) that do not know it still serve 'pool'.
   layer_kwargs = {} if feature_layer == "pool" else {"feature_layer": feature_layer}
 
@@ -112,7 +112,7 @@ class Extractor:
 
   def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, *,
                with_logits: bool = False, feature_layer: str = "pool", clip_mean: bool = False):
-    """`model`: a `models.build` backbone (of its heads only `linear` is used, `with_logits`);
+    """`model`: a `models.build` encoder (of its heads only `linear` is used, `with_logits`);
     `feature_layer`: one of FEATURE_LAYERS; `clip_mean`: return each video's mean clip feature
     as `features [N, 1, D]` (averaged on the device)."""
     if feature_layer not in FEATURE_LAYERS:

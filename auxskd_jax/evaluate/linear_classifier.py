@@ -1,6 +1,6 @@
 """A linear classifier trained on fixed features, on device (the linear-probe protocol).
 
-Features are standardised with the training set's mean and standard deviation (backbones'
+Features are standardised with the training set's mean and standard deviation (encoders'
 pooled features have very different scales, and a probe should not depend on that), then a
 single `Dense` layer is trained with AdamW on random minibatches inside one jitted
 `lax.fori_loop`, so training thousands of steps costs one compilation.

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 
 # Table columns before the metrics, in order, with their record keys.
-_COLUMNS = (("Method", "method_chain"), ("Backbone", "backbone"), ("Pretraining data",
+_COLUMNS = (("Method", "method_chain"), ("Encoder", "encoder"), ("Pretraining data",
             "pretrain_data"), ("Task", "task"), ("Downstream", "downstream"), ("Split", "split"))
 _TRAILING = (("Checkpoint", "checkpoint"), ("Date", "date"))
 
@@ -27,8 +27,8 @@ def make_record(config: ml_collections.ConfigDict, *, task: str, metrics: Mappin
   eval_cfg = config.get("eval", ml_collections.ConfigDict())
   record = {
       "method_chain": config.get("method_chain", "") or "random init",
-      "backbone": config.model.name + (f" (width {config.model.width})"
-                                       if config.model.width != 64 else ""),
+      "encoder": config.model.name + (f" (width {config.model.width})"
+                                      if config.model.width != 64 else ""),
       "pretrain_data": eval_cfg.get("pretrain_data", "") or "-",
       "task": task,
       "downstream": config.data.name,

@@ -78,7 +78,7 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:
-    """Student from `rng` (its backbone from `train.init_from` when that is one of our runs),
+    """Student from `rng` (its encoder from `train.init_from` when that is one of our runs),
     teacher an exact copy, queue random-normal then normalised per column (as the authors); or, when `train.init_from` is
     the authors' auxSKD `.pth`, their whole distillation state, to continue their run."""
     if config.train.init_from.endswith(weights.TORCH_SUFFIXES):

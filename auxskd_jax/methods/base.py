@@ -2,7 +2,7 @@
 
 A method subclasses `Method` and defines:
 - `recipe`: the name of the clip recipe it trains on (`auxskd_jax.ops.RECIPES`);
-- `create_state(config, rng, tx) -> TrainState`: its initial, unreplicated state (backbone
+- `create_state(config, rng, tx) -> TrainState`: its initial, unreplicated state (encoder
   under `params['encoder']`, extra trained parts beside it, untrained parts in `extras`);
 - `loss(params, state, clips, labels, keys) -> (loss, aux)`: see `train/step.py`;
 - optionally `before_loss(state) -> state`, `after_update(old_state, new_state, aux) ->
@@ -38,7 +38,7 @@ class Method(abc.ABC):
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:
-    """Default: the whole trainable state is `self.model` (backbone + heads), its backbone
+    """Default: the whole trainable state is `self.model` (encoder + heads), its encoder
     from `config.train.init_from` when set."""
     state, self.init_report = encoder_lib.encoder_state(self.model, config, rng, tx, self.name)
     return state

@@ -1,4 +1,4 @@
-"""Fine-tuning as a method (SPEC section 8): backbone + a new `linear` head for the dataset's
+"""Fine-tuning as a method (SPEC section 8): encoder + a new `linear` head for the dataset's
 classes, cross-entropy (optionally label-smoothed) on augmented 16-frame clips (recipe `clip`).
 
 The task that runs it - periodic validation, the final multi-clip test, reports - is
@@ -22,7 +22,7 @@ from auxskd_jax.train.state import TrainState
 
 
 class Finetune(base.Method):
-  """Supervised training of backbone + linear head (see `methods/base.py`)."""
+  """Supervised training of encoder + linear head (see `methods/base.py`)."""
   recipe = "clip"
   name = "finetune"
 
@@ -34,13 +34,13 @@ class Finetune(base.Method):
                                            bn_axis_name=encoder_lib.student_bn_axis(config))
 
   def initial_variables(self, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
-    """Random init, then the backbone from train.init_from (if set; every backbone layer must
+    """Random init, then the encoder from train.init_from (if set; every encoder layer must
     load), new head unless `finetune.keep_head`."""
     variables = encoder_lib.init_variables(self.model, rng, encoder_lib.dummy_clip(config, 1))
     path = config.train.init_from
     if path:
       heads = ("linear",) if config.finetune.keep_head else ()
-      variables, self.init_report = weights.load_backbone(
+      variables, self.init_report = weights.load_encoder(
           path, variables, model_name=config.model.name, strict=True, heads=heads,
           flag="train.init_from", trust_pickle=weights.trust_pickle(config, "train.init_from"))
     else:

@@ -1,7 +1,7 @@
 """VideoPace: pace prediction (Wang et al., ECCV 2020; SPEC section 5).
 
 A whole clip is sampled at pace r in 1..R (stride r; recipe `pace`), and one linear head on
-the pooled features (`linear`, R classes) predicts r - 1 with cross-entropy. The backbone starts
+the pooled features (`linear`, R classes) predicts r - 1 with cross-entropy. The encoder starts
 from an auxSKD student encoder (`train.init_from`, as VSPP: "auxSKD + VideoPace") or from
 scratch.
 """

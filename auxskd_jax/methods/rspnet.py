@@ -3,7 +3,7 @@
 
 Clips (`ops.make_clips('rspnet', ...)`): per video a query c_q at speed s_a, a key c_k from
 another start at the same speed, and c_o, the key's window at another speed s_b != s_a. The
-encoder (backbone + two linear heads on the pooled features, `linear_appearance` g_a and
+encoder (with two linear heads on its pooled features, `linear_appearance` g_a and
 `linear_speed` g_m, outputs L2-normalised) is trained; a momentum copy of it (EMA, as MoCo)
 embeds the keys, and a queue holds past keys as negatives.
 
@@ -91,7 +91,7 @@ class RSPNet(momentum.MomentumTeacher, base.Method):
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:
-    """Encoder (backbone from `train.init_from` when set), its momentum copy, a random
+    """Encoder (from `train.init_from` when set), its momentum copy, a random
     normalised queue."""
     k_enc, k_queue = jax.random.split(rng)
     enc, self.init_report = encoder_lib.init_encoder(self.model, config, k_enc, self.name)

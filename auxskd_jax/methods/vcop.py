@@ -1,17 +1,17 @@
 """VCOP: video clip order prediction (Xu et al., CVPR 2019; SPEC section 5).
 
 n = 3 clips of L = 16 frames, 8-frame gaps between them, are shuffled (recipe `vcop`); the
-shared backbone gives each clip's pooled features (`features_only`, 512 at width 64), and the
+shared encoder gives each clip's pooled features (`features_only`, 512 at width 64), and the
 VCOPN head predicts which of the n! = 6 orders they came in, in the VCOP paper's order of
 operations:
 
   for every pair i < j (itertools order): fc7(concat(f_i, f_j)) -> ReLU     (512*2 -> 512)
   concat the n(n-1)/2 pair outputs -> dropout(0.5) -> fc8 -> n! logits
 
-The head lives beside the backbone (`params['vcop_head']`, modules `fc7`, `fc8` as the
-reference's), so the backbone checkpoint stays loadable by every other method.
+The head lives beside the encoder (`params['vcop_head']`, modules `fc7`, `fc8` as the
+reference's), so the encoder checkpoint stays loadable by every other method.
 
-Choice where the VCOP code differs: the reference runs the backbone once per clip position
+Choice where the VCOP code differs: the reference runs the encoder once per clip position
 (BatchNorm statistics per position); here the n clips of a batch go through it as one batch of
 B*n clips (one set of statistics, one running-average update a step). Positions hold shuffled
 clips, so their statistics come from the same distribution.
@@ -76,7 +76,7 @@ class VCOP(base.Method):
 
   def create_state(self, config: ml_collections.ConfigDict, rng: jax.Array,
                    tx: Any) -> TrainState:
-    """A fresh head; the backbone from `config.train.init_from` when given."""
+    """A fresh head; the encoder from `config.train.init_from` when given."""
     k_enc, k_head = jax.random.split(rng)
     variables, self.init_report = encoder_lib.init_encoder(self.model, config, k_enc, self.name)
     dim = models.feature_dim(config.model.name, config.model.width)
@@ -88,7 +88,7 @@ class VCOP(base.Method):
 
   def logits(self, params: Any, batch_stats: Any, clips: jax.Array, *, train: bool,
              dropout_key: jax.Array | None = None) -> tuple[jax.Array, Any]:
-    """Order logits `[B, n!]` of clips `[B, n, L, H, W, 3]`, and the backbone's new BN stats
+    """Order logits `[B, n!]` of clips `[B, n, L, H, W, 3]`, and the encoder's new BN stats
     (the input ones when `train=False`)."""
     b, n = clips.shape[:2]
     flat = clips.reshape(b * n, *clips.shape[2:])

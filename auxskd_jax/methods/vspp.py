@@ -2,7 +2,7 @@
 
 One clip per video plays at normal speed except one of S segments at speed r; two linear heads
 on the pooled features predict the speed (`linear`, R classes) and the segment
-(`linear_segment`, S classes); loss = CE(speed) + CE(segment). The backbone starts from an
+(`linear_segment`, S classes); loss = CE(speed) + CE(segment). The encoder starts from an
 auxSKD student encoder (`train.init_from`; every layer whose shape matches) or from scratch.
 """
 

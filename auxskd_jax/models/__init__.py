@@ -1,4 +1,4 @@
-"""Video backbones (SPEC section 2) in Flax linen: `build(name, ...)`.
+"""Video encoders (SPEC section 2) in Flax linen: `build(name, ...)`.
 
 Module names mirror the reference PyTorch state_dict keys, so `auxskd_jax.weights.convert` is a
 renaming plus transposes. Input is NDHWC `[B, T, H, W, 3]`.
@@ -39,7 +39,7 @@ __all__ = ["ARCHITECTURES", "NAMES", "FEATURE_LAYERS", "INIT_SCHEMES", "build", 
 
 def _check_name(name: str) -> None:
   if name not in ARCHITECTURES:
-    raise ValueError(f"model name {name!r} is not a backbone; choose one of {list(NAMES)}.")
+    raise ValueError(f"model name {name!r} is not an encoder; choose one of {list(NAMES)}.")
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:
@@ -100,7 +100,7 @@ def validate(config: Any) -> None:
   """ConfigError for a `config.model` (and the `config.clip` size it takes) that cannot work."""
   m = config.model
   require(m.name in NAMES, "model.name",
-          f"{m.name!r} is not a backbone; choose one of {sorted(NAMES)}.")
+          f"{m.name!r} is not an encoder; choose one of {sorted(NAMES)}.")
   require(m.dtype != "float16", "model.dtype",
           "float16 needs loss scaling, which the training steps do not do (its gradients "
           "underflow); use bfloat16 for mixed precision, or float32.")
@@ -119,8 +119,8 @@ def validate(config: Any) -> None:
 
 
 def head_names(variables: Mapping[str, Any]) -> list[str]:
-  """The linear heads of a backbone's variables (or of its `params`): the top-level modules
-  whose parameters are exactly a 2-D `kernel` and a `bias` (no backbone layer is)."""
+  """The linear heads of an encoder's variables (or of its `params`): the top-level modules
+  whose parameters are exactly a 2-D `kernel` and a `bias` (no encoder layer is)."""
   params = variables.get("params", variables)
   out = []
   for name, module in params.items():
@@ -134,7 +134,7 @@ def build(name: str, num_classes: int | None = None, *,
           heads: Mapping[str, int] | None = None, dtype: Any = jnp.float32,
           bn_axis_name: str | None = None, width: int = 64,
           init: str = init_lib.DEFAULT) -> nn.Module:
-  """The backbone `name` with one head (`num_classes`), several (`heads`), or none.
+  """The encoder `name` with one head (`num_classes`), several (`heads`), or none.
 
   `dtype` is the compute dtype (e.g. `"bfloat16"`); parameters, BN statistics and outputs stay
   float32. `bn_axis_name` makes training-mode BN average statistics over that pmap axis.

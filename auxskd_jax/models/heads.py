@@ -1,4 +1,4 @@
-"""The features every backbone ends with (two feature layers) and its linear heads."""
+"""The features every encoder ends with (two feature layers) and its linear heads."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def pool_and_heads(x: jax.Array, heads: Heads, single_head: bool, features_only:
                    ) -> jax.Array | dict[str, jax.Array]:
   """Pools `[B, T, H, W, C]` to float32 features, then applies the heads (float32).
 
-  Must be called inside the backbone's compact `__call__`, so the heads become its children
+  Must be called inside the encoder's compact `__call__`, so the heads become its children
   named as the reference names them (`linear`, `linear_segment`, ...). `feature_layer` picks
   the features returned by `features_only=True` (or by a headless model); the heads always
   read the globally pooled features.

@@ -1,4 +1,4 @@
-"""Initialisation schemes for every layer with weights (backbones, heads, the auxSKD predictor).
+"""Initialisation schemes for every layer with weights (encoders, heads, the auxSKD predictor).
 
 `torch` (the default) is what the authors' models start from: they never re-initialise, so
 every layer keeps PyTorch's defaults. For a conv or linear layer with `fan_in` inputs per

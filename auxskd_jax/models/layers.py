@@ -1,4 +1,4 @@
-"""Layers shared by the backbones: a 3-D conv stored as the reference stores it, and BN.
+"""Layers shared by the encoders: a 3-D conv stored as the reference stores it, and BN.
 
 Kernels are always 5-D `(kt, kh, kw, in, out)` so that checkpoint conversion is a transpose,
 but a conv whose kernel is 1 along time (the (2+1)D spatial convs) runs as a 2-D conv over

@@ -59,7 +59,7 @@ class BatchNorm(nn.Module):
                    ) -> tuple[jax.Array, jax.Array, int]:
     """(mean, biased variance, values per channel) in float32, pooled over `axis_name`.
 
-    Two-pass variance: the backbones see raw 0..255 pixels, where E[x^2] - E[x]^2 cancels
+    Two-pass variance: the encoders see raw 0..255 pixels, where E[x^2] - E[x]^2 cancels
     badly in float32."""
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     count = math.prod(x.shape[:-1])

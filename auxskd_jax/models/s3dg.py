@@ -14,7 +14,7 @@ renaming plus transposes):
   the floor half), then a ceil-mode max pool; inside the inception blocks a plain 3x3x3
   stride-1 max pool padded by one (-inf).
 - global average pool of mixed_5c (1024-d), then the linear head(s) (the release's `fc`; named
-  `linear` here as for every backbone, and renamed by `convert`).
+  `linear` here as for every encoder, and renamed by `convert`).
 
 `width` scales every channel count by width / 64 (64 is the release), so it must be a multiple
 of 8 for all of them to be whole numbers. T, H and W must be even (space-to-depth).
@@ -150,7 +150,7 @@ class InceptionBlock(nn.Module):
 
 
 class S3DG(nn.Module):
-  """S3D-G; input NDHWC with even T, H, W; output as every backbone (see models.build)."""
+  """S3D-G; input NDHWC with even T, H, W; output as every encoder (see models.build)."""
   width: int = 64
   heads: Heads = ()
   single_head: bool = False

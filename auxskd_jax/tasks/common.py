@@ -49,9 +49,9 @@ def check_evaluation(config: ml_collections.ConfigDict) -> None:
 
 
 def check_init_fits(config: ml_collections.ConfigDict, key: str, *, strict: bool) -> None:
-  """The checkpoint at `--config.<key>` fits the configured backbone (another model, another
+  """The checkpoint at `--config.<key>` fits the configured encoder (another model, another
   width): checked before any work, naming the layers that do not fit. `strict`: every
-  backbone layer must load (evaluations); otherwise enough of them (pretext methods).
+  encoder layer must load (evaluations); otherwise enough of them (pretext methods).
 
   Loads the checkpoint once more than the run will; shapes come from `jax.eval_shape`, so no
   model is compiled.
@@ -62,8 +62,8 @@ def check_init_fits(config: ml_collections.ConfigDict, key: str, *, strict: bool
     return
   _, variables = encoder_lib.build_and_init(config, random=False)
   try:
-    weights.load_backbone(path, variables, model_name=config.model.name, strict=strict,
-                          flag=key, trust_pickle=weights.trust_pickle(config, key))
+    weights.load_encoder(path, variables, model_name=config.model.name, strict=strict,
+                         flag=key, trust_pickle=weights.trust_pickle(config, key))
   except (KeyError, ValueError, OSError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     prefix = f"--config.{key}="
@@ -71,18 +71,18 @@ def check_init_fits(config: ml_collections.ConfigDict, key: str, *, strict: bool
     raise ConfigError(" ".join(message.split())) from None
 
 
-def frozen_backbone(config: ml_collections.ConfigDict, key: str) -> tuple[Any, dict]:
-  """The headless backbone for feature evaluations, from `--config.<key>` ('' = a random
-  init, warned); every backbone layer must load."""
+def frozen_encoder(config: ml_collections.ConfigDict, key: str) -> tuple[Any, dict]:
+  """The headless encoder for feature evaluations, from `--config.<key>` ('' = a random
+  init, warned); every encoder layer must load."""
   section, name = key.split(".")
   path = config[section].get(name, "")
   if not path:
-    logging.warning("--config.%s is empty: evaluating a RANDOMLY initialised backbone.", key)
+    logging.warning("--config.%s is empty: evaluating a RANDOMLY initialised encoder.", key)
     return encoder_lib.build_and_init(config)
   model, variables = encoder_lib.build_and_init(config, random=False)
-  variables, _ = weights.load_backbone(path, variables, model_name=config.model.name,
-                                       strict=True, flag=key,
-                                       trust_pickle=weights.trust_pickle(config, key))
+  variables, _ = weights.load_encoder(path, variables, model_name=config.model.name,
+                                      strict=True, flag=key,
+                                      trust_pickle=weights.trust_pickle(config, key))
   return model, variables
 
 
@@ -90,7 +90,7 @@ def validate_feature_task(config: ml_collections.ConfigDict,
                           own_checks: Callable[[ml_collections.ConfigDict], None]) -> None:
   """What every frozen-feature task (retrieval, linear probe) checks: the components, both
   splits readable, `own_checks`, the feature layer (known, and not empty at this clip size);
-  then every backbone layer of the checkpoint to evaluate fits."""
+  then every encoder layer of the checkpoint to evaluate fits."""
   check_experiment(config, splits=(config.data.train_split, config.data.test_split))
   check_evaluation(config)
   own_checks(config)
@@ -106,5 +106,5 @@ def start_feature_task(config: ml_collections.ConfigDict,
   chief = jax.process_index() == 0
   if chief:
     config_lib.save_config(config, workdir)
-  model, variables = frozen_backbone(config, "eval.init_from")
+  model, variables = frozen_encoder(config, "eval.init_from")
   return chief, config.eval.get("init_from", ""), model, variables

@@ -80,13 +80,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     counts = done["data"]["result"]["counts"]
     info = {"classes": len(motions.CLASSES), "train_videos": counts["train"],
             "test_videos": counts["test"], "pool_videos": counts["pool"],
-            "backbone": f"{run_config.model.name} width {run_config.model.width}, "
+            "encoder": f"{run_config.model.name} width {run_config.model.width}, "
                         f"{run_config.clip.clip_len}x{run_config.clip.crop_size}x"
                         f"{run_config.clip.crop_size} clips",
             "quick": bool(config.demo.quick), "seconds": round(time.time() - t_start, 1)}
     header = (f"Demo: {info['classes']} motion classes, {info['train_videos']} train / "
               f"{info['test_videos']} test videos, pretraining pool {info['pool_videos']} "
-              f"videos; {info['backbone']}; chance = {100.0 / info['classes']:.1f}%.")
+              f"videos; {info['encoder']}; chance = {100.0 / info['classes']:.1f}%.")
     return header, info
 
   return pipeline.run(stages.pipeline_config(run_config, workdir), workdir, describe=describe)

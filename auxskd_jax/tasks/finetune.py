@@ -1,6 +1,6 @@
 """Fine-tuning on action recognition (task `finetune`), SPEC section 8.
 
-The backbone starts from `--config.train.init_from` (any of our checkpoints, a reference
+The encoder starts from `--config.train.init_from` (any of our checkpoints, a reference
 PyTorch `.pth`, or '' for training from scratch) with a new `linear` head for the dataset's
 classes, and is trained by the shared loop on augmented 16-frame clips (recipe `clip`,
 `methods/finetune.py`) with cross-entropy. Every `eval.every_epochs` epochs the loop runs the clip-level validation
@@ -30,7 +30,7 @@ from auxskd_jax.train import loop
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """The components' checks, both splits readable, fine-tuning's own settings, the loop's and
-  the evaluators'; then every backbone layer of `train.init_from` fits."""
+  the evaluators'; then every encoder layer of `train.init_from` fits."""
   common.check_experiment(config, splits=(config.data.train_split, config.data.test_split))
   common.check_evaluation(config)
   require("finetune" in config, "finetune",

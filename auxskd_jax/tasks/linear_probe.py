@@ -1,4 +1,4 @@
-"""Linear probe (task `linear_probe`): a linear classifier on frozen backbone features.
+"""Linear probe (task `linear_probe`): a linear classifier on frozen encoder features.
 
 Features come from `evaluators.SplitFeatures` (E uniformly spaced centre clips per video, layer
 `eval.feature_layer`, default 'pool'), the code the retrieval task and the k-NN monitor use. With

@@ -26,6 +26,9 @@ in the order they were added), or in name order when `order` is empty.
   warning names them; delete their sub-workdirs to redo them). Process-wide settings
   (prng_impl, compilation cache, xla_fast_compile, xla_cpu_ynnpack_ops, distributed) are the
   pipeline config's own, not the stages'.
+- A `stage:<name>` reference becomes an absolute path for the stage's task, but the resume
+  rule and the finished-stage check compare it relative to the pipeline workdir: a moved or
+  copied workdir skips and resumes its stages as it would in place.
 - At the end: results.md, results.json and results.png in the workdir, one row per
   initialisation (method_chain) and downstream dataset (`evaluate.summary`).
 """
@@ -47,6 +50,7 @@ from auxskd_jax import tasks
 from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.evaluate import summary
 from auxskd_jax.tasks import Task, common
+from auxskd_jax.trees import flatten
 
 DONE = "stage_done.json"
 REF = "stage:"
@@ -122,7 +126,7 @@ def stages_of(config: ml_collections.ConfigDict) -> list[Stage]:
 
 
 def _shared_keys(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  tree = config_lib.flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+  tree = flatten(config_lib.json_tree(config))
   return {k: v for k, v in tree.items() if not k.startswith("stages.")}
 
 
@@ -172,6 +176,32 @@ def resolve(stage: Stage, stages: list[Stage], workdir: str | None) -> ml_collec
     if not c.get("method_chain", "") and "method_chain" in c:
       c.method_chain = by_key[target].config.get("method_chain", "")
   return c
+
+
+def _as_saved(c: ml_collections.ConfigDict, stage: Stage, stages: list[Stage],
+              saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`c` (`resolve`d) with each `stage:<name>` path replaced by the flat `saved` config's
+  value where that is the same stage's sub-workdir under another pipeline workdir: the paths
+  a pipeline derives are compared relative to its workdir, so a moved or copied workdir
+  resumes and skips as it would in place."""
+  c = copy.deepcopy(c)
+  by_key = {s.key: s for s in stages}
+  for key, target in _refs(stage.config).items():
+    old = saved.get(key)
+    if isinstance(old, str) and os.path.basename(os.path.normpath(old)) == by_key[target].name:
+      section, name = key.split(".")
+      c[section][name] = old
+  return c
+
+
+def _saved_config(stage_dir: str) -> dict[str, Any]:
+  """The flat config.json of a stage's sub-workdir ({} when absent or unreadable: the resume
+  rule then says so itself)."""
+  try:
+    with open(os.path.join(stage_dir, "config.json")) as f:
+      return flatten(json.load(f))
+  except (OSError, ValueError):
+    return {}
 
 
 def _check_refs(stages: list[Stage]) -> None:
@@ -237,15 +267,17 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
   config_lib.check_resume(config, workdir, allow + list(FREE_KEYS))
   stages = stages_of(config)
   for stage in stages:
-    _check_stage(stage, resolve(stage, stages, os.path.abspath(workdir)), workdir, allow)
+    _check_stage(stage, resolve(stage, stages, os.path.abspath(workdir)), workdir, allow,
+                 stages)
 
 
 def _check_stage(stage: Stage, c: ml_collections.ConfigDict, workdir: str,
-                 allow: list[str]) -> None:
+                 allow: list[str], stages: list[Stage]) -> None:
   stage_allow = _allow(stage, allow)
   if stage_allow is not None:
-    tasks.check_workdir(stage.task, c, os.path.join(workdir, stage.name), allow=stage_allow,
-                        prefix=f"stages.{stage.key}.")
+    stage_dir = os.path.join(workdir, stage.name)
+    tasks.check_workdir(stage.task, _as_saved(c, stage, stages, _saved_config(stage_dir)),
+                        stage_dir, allow=stage_allow, prefix=f"stages.{stage.key}.")
 
 
 def _read_done(stage_dir: str) -> dict[str, Any] | None:
@@ -268,10 +300,6 @@ def _write_done(stage_dir: str, record: dict[str, Any]) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _tree(c: ml_collections.ConfigDict) -> dict[str, Any]:
-  return json.loads(json.dumps(c.to_dict(), sort_keys=True, default=str))
-
-
 def _input_names(stage: Stage, stages: list[Stage]) -> list[str]:
   """The sub-workdir names of the stages `stage` starts from."""
   by_key = {s.key: s for s in stages}
@@ -286,13 +314,13 @@ def _run_stage(stage: Stage, c: ml_collections.ConfigDict, config: ml_collection
   stage_dir = os.path.join(workdir, stage.name)
   if _refs(stage.config) or config.get("validate_at_start", False):
     _validate_stage(stage, c, config)
-  _check_stage(stage, c, workdir, allow)
+  _check_stage(stage, c, workdir, allow, stages)
   tasks.claim_workdir(stage.task, c, stage_dir)
   _say(f"{stage.name}: {c.task} starting")
   t0 = time.time()
   result = stage.task.run(c, stage_dir)
-  record = {"stage": stage.name, "task": c.task, "config": _tree(c), "result": result,
-            "seconds": round(time.time() - t0, 1), "finished": time.time(),
+  record = {"stage": stage.name, "task": c.task, "config": config_lib.json_tree(c),
+            "result": result, "seconds": round(time.time() - t0, 1), "finished": time.time(),
             "inputs": {t: done[t].get("finished") for t in _input_names(stage, stages)}}
   if stage.task.name not in DOWNSTREAM and c.task != "prepare":
     record["final"] = summary.last_train_metrics(stage_dir)  # pretext training
@@ -314,8 +342,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   for stage in stages:
     c = resolve(stage, stages, workdir)
     before = _read_done(os.path.join(workdir, stage.name))
-    if before is not None and not config_lib.changed_keys(config_lib.flatten(before["config"]),
-                                                          c):
+    saved = flatten(before["config"]) if before is not None else {}
+    if before is not None and not config_lib.changed_keys(
+        saved, _as_saved(c, stage, stages, saved)):
       _say(f"{stage.name}: done before, skipped")
       stale = [t for t in _input_names(stage, stages)
                if before.get("inputs", {}).get(t) != done[t].get("finished")]

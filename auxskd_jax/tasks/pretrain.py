@@ -27,7 +27,7 @@ def method_class(name: str) -> type[base.Method] | None:
 
 def validate(cls: type[base.Method], config: ml_collections.ConfigDict) -> None:
   """The components' checks (values, files, the dataset), the method's and its recipe's, the
-  loop's (device count), the evaluators', then that `train.init_from` fits the backbone."""
+  loop's (device count), the evaluators', then that `train.init_from` fits the encoder."""
   common.check_experiment(config, splits=(config.data.train_split,))
   cls.validate(config)
   evaluators.validate(config)

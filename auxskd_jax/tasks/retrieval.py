@@ -6,8 +6,8 @@ uniformly spaced clips per video, per-clip features of `eval.feature_layer` aver
 R(2+1)D at 16x112x112, the protocol's; 'pool': the 512-d pooled features), train videos as the
 gallery, test videos as queries, cosine similarity, a hit when any of the top k shares the
 query's class, k = 1, 5, 10, 20, 50. results.json records the layer and its dimension. The
-backbone comes from `--config.eval.init_from` (any of our checkpoints or a reference `.pth`);
-empty means a randomly initialised backbone (the random-init baseline). The computation is
+encoder comes from `--config.eval.init_from` (any of our checkpoints or a reference `.pth`);
+empty means a randomly initialised encoder (the random-init baseline). The computation is
 `evaluators.Retrieval`'s, which can also run inside a training loop.
 """
 

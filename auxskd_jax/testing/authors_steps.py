@@ -4,7 +4,7 @@ Written for this project from reading the authors' scripts (never copied): auxSK
 `auxSKD/train.py` and VSPP's `VSPP/train.py` (Plrbear/auxSKD), VCOP's `train_vcop.py` and
 `models/vcopn.py` (xudejing/video-clip-order-prediction), VideoPace's `train.py`
 (laura-wang/video-pace) and RSPNet's `pretrain.py`, `moco/builder_diffspeed_diffloss.py`
-(`MoCoDiffLossTwoFc`, `Loss`) and `moco/split_wrapper.py` (laura-wang's and RSPNet's backbones
+(`MoCoDiffLossTwoFc`, `Loss`) and `moco/split_wrapper.py` (laura-wang's and RSPNet's encoders
 are `reference_torch`'s). Only the clip recipes are left out: every step takes clips that are
 already made (NCDHW float tensors) and their labels, so a test can feed ours and theirs the same
 ones (`tests/test_authors_step.py`).
@@ -17,7 +17,7 @@ What each step keeps of its script, in its order:
   `kl_div(log_softmax(s_q), softmax(s_k), 'batchmean')`; SGD (momentum 0.9, weight decay on
   every trained parameter: the student and the predictor); `StepLR` per epoch.
 - VSPP, VideoPace: one forward, cross-entropy (VSPP: speed + segment), SGD, `StepLR`.
-- VCOP: the backbone run once per clip position (BN statistics per position), each pair i < j
+- VCOP: the encoder run once per clip position (BN statistics per position), each pair i < j
   through `fc7`, ReLU, concatenated, dropout, `fc8`, cross-entropy, SGD, no schedule.
 - RSPNet: EMA first, the other-speed key through the shuffled key encoder, then the key, then
   the query; A-VID: CE over [q.k, q Q^T] / T plus CE over [q.o, q Q^T] / T; RSP:
@@ -190,16 +190,16 @@ class VCOPHead(nn.Module):
 
 def vcop_step(run: TorchRun, tuple_clips: torch.Tensor, order: torch.Tensor, *,
               keep: torch.Tensor | None = None, per_position: bool = True) -> dict[str, float]:
-  """train_vcop.py + VCOPN.forward (roles `backbone`, `head`) on clips `[B, n, C, T, H, W]`.
+  """train_vcop.py + VCOPN.forward (roles `encoder`, `head`) on clips `[B, n, C, T, H, W]`.
 
-  `per_position=True` is the authors' (the backbone once per clip position, n BN updates);
+  `per_position=True` is the authors' (the encoder once per clip position, n BN updates);
   False runs the n clips as one batch, the choice docs/FIDELITY.md documents for ours."""
-  backbone, head = run.modules["backbone"], run.modules["head"]
+  encoder, head = run.modules["encoder"], run.modules["head"]
   b, n = tuple_clips.shape[:2]
   if per_position:
-    features = [backbone(tuple_clips[:, i]) for i in range(n)]
+    features = [encoder(tuple_clips[:, i]) for i in range(n)]
   else:
-    flat = backbone(tuple_clips.reshape(b * n, *tuple_clips.shape[2:])).reshape(b, n, -1)
+    flat = encoder(tuple_clips.reshape(b * n, *tuple_clips.shape[2:])).reshape(b, n, -1)
     features = [flat[:, i] for i in range(n)]
   loss = F.cross_entropy(head(features, keep), order)
   run.sgd_step(loss)

@@ -1,4 +1,4 @@
-"""The backbones in PyTorch, module tree and state_dict keys exactly as the reference's.
+"""The encoders in PyTorch, module tree and state_dict keys exactly as the reference's.
 
 Optional (needs torch): used by the conversion parity tests and by benchmarks against PyTorch.
 Input is NCDHW `[B, 3, T, H, W]`. Nothing else in the package imports this module. Written for
@@ -91,7 +91,7 @@ class ResLayer(nn.Module):
 
 
 class _Heads(nn.Module):
-  """Base for the backbones: pooled features, then the named linear heads."""
+  """Base for the encoders: pooled features, then the named linear heads."""
 
   # The torch attribute of a head; S3D-G calls its (only) head `fc`.
   _HEAD_ATTR: dict[str, str] = {}
@@ -300,7 +300,7 @@ def build_torch(name: str, num_classes: int | None = None, heads: Mapping[str, i
   """PyTorch twin of `auxskd_jax.models.build(name, num_classes, heads=heads, width=width,
   init=init)`."""
   if name not in ARCHITECTURES:
-    raise ValueError(f"model name {name!r} is not a backbone; choose one of {list(ARCHITECTURES)}.")
+    raise ValueError(f"model name {name!r} is not an encoder; choose one of {list(ARCHITECTURES)}.")
   if num_classes is not None and heads is not None:
     raise ValueError("give num_classes (one head named 'linear') or heads, not both.")
   if init not in ("torch", "kaiming"):
@@ -401,7 +401,7 @@ def auxskd_checkpoint(name: str, *, width: int = 64, embed: int = 128, hidden: i
 def vspp_checkpoint(name: str, *, width: int = 64, max_speed: int = 4, num_segments: int = 4,
                     seed: int = 0) -> dict:
   """The state_dict the authors' VSPP script saves (`epoch_segment_self_f-NN.pth.tar`): its
-  `DataParallel` model's, keys `module.<backbone>`, heads `module.linear`,
+  `DataParallel` model's, keys `module.<encoder>`, heads `module.linear`,
   `module.linear_segment`."""
   torch.manual_seed(seed)
   model = build_torch(name, heads={"linear": max_speed, "linear_segment": num_segments},

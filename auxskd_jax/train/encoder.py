@@ -1,4 +1,4 @@
-"""Building, initialising and applying backbones the way every training method needs them."""
+"""Building, initialising and applying encoders the way every training method needs them."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def build_encoder(config: ml_collections.ConfigDict, *, num_classes: int | None = None,
                   heads: dict[str, int] | None = None,
                   bn_axis_name: str | None = None) -> nn.Module:
-  """`models.build` with the config's backbone name, width and compute dtype; applies
+  """`models.build` with the config's encoder name, width and compute dtype; applies
   `model.conv_lowering` (default "xla"; "auto", a per-shape CPU choice, made the whole auxSKD
   step slower alone on a 2-core CPU, 359 ms against 305 ms: BENCHMARKS.md; see
   `models.layers.conv3d`) for the traces to come."""
@@ -61,7 +61,7 @@ def init_variables(module: nn.Module, rng: jax.Array, x: jax.Array) -> dict[str,
 def build_and_init(config: ml_collections.ConfigDict, *, num_classes: int | None = None,
                    bn_axis_name: str | None = None, seed: int | None = None,
                    random: bool = True) -> tuple[Any, dict]:
-  """The configured backbone (with a `linear` head of `num_classes` if given) and its variables.
+  """The configured encoder (with a `linear` head of `num_classes` if given) and its variables.
 
   `random=False` gives zeros of the right shapes from `jax.eval_shape`, without compiling the
   initialiser: enough when every layer is about to be loaded from a checkpoint.
@@ -86,23 +86,23 @@ def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array,
 
 def init_encoder(model: Any, config: ml_collections.ConfigDict, rng: jax.Array,
                  name: str) -> tuple[dict[str, Any], Any]:
-  """Fresh variables of `model`, with the backbone from `config.train.init_from` when set.
+  """Fresh variables of `model`, with the encoder from `config.train.init_from` when set.
 
   Returns (variables, load report or None). Shared by the pretext methods that start from an
   auxSKD student (VSPP, VideoPace, VCOP, RSPNet).
   """
   variables = init_variables(model, rng, dummy_clip(config))
   if not config.train.init_from:
-    logging.info("%s: backbone %s from scratch.", name, config.model.name)
+    logging.info("%s: encoder %s from scratch.", name, config.model.name)
     return variables, None
-  return weights.load_backbone(
+  return weights.load_encoder(
       config.train.init_from, variables, model_name=config.model.name, strict=False,
       trust_pickle=weights.trust_pickle(config, "train.init_from"))
 
 
 def encoder_state(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array, tx: Any,
                   name: str) -> tuple[TrainState, Any]:
-  """(TrainState, load report or None) for methods whose whole trainable state is the backbone
+  """(TrainState, load report or None) for methods whose whole trainable state is the encoder
   with its heads (VSPP, VideoPace, fine-tuning)."""
   variables, report = init_encoder(model, config, rng, name)
   state = TrainState.create(params={"encoder": variables["params"]},

@@ -138,7 +138,7 @@ def open_train_source(config: ml_collections.ConfigDict) -> Any:
 
 
 def encoder_variables(r_state: TrainState) -> dict[str, Any]:
-  """The backbone (with its heads) of a replicated state, on the host, for evaluators."""
+  """The encoder (with its heads) of a replicated state, on the host, for evaluators."""
   return devices.unreplicate({"params": r_state.params["encoder"],
                               "batch_stats": r_state.batch_stats["encoder"]})
 

@@ -1,7 +1,7 @@
 """The training state every method shares.
 
-The backbone (with its heads) always sits under `params['encoder']` / `batch_stats['encoder']`
-so that any method's checkpoint can initialise any other method's backbone. Method-specific
+The encoder (with its heads) always sits under `params['encoder']` / `batch_stats['encoder']`
+so that any method's checkpoint can initialise any other method's encoder. Method-specific
 parts that are not trained by the optimizer (auxSKD's teacher, queue and queue pointer) live in
 `extras`, so one checkpoint format holds every method.
 """

@@ -1,10 +1,10 @@
 """Weights in and out: the one loading path behind `train.init_from` and `eval.init_from`
-(`load_backbone`), the authors' auxSKD state for continuing their run, and the conversion to
+(`load_encoder`), the authors' auxSKD state for continuing their run, and the conversion to
 and from PyTorch state dicts (`weights.convert`).
 
 Sources (`path`):
 - one of our runs: a workdir, its `checkpoints/` folder or one step folder (orbax); the
-  backbone is `params['encoder']` / `batch_stats['encoder']` (an auxSKD run's student);
+  encoder is `params['encoder']` / `batch_stats['encoder']` (an auxSKD run's student);
 - the authors' auxSKD file (`pckpt_epoch_N.pth`: `{'opt': argparse.Namespace, 'state_dict',
   'optimizer', 'epoch'}`, keys `encoder_q.module.*`, ...): the student `encoder_q`;
 - the authors' VSPP file (`epoch_segment_self_f-NN.pth.tar`, a DataParallel state_dict
@@ -12,7 +12,7 @@ Sources (`path`):
 PyTorch files are read with `weights_only=True` (argparse.Namespace allowed, nothing else);
 `trust_pickle=True` (config `<section>.trust_pickle`) lifts that for a file you trust.
 
-`load_backbone(..., strict=True)` (evaluation, fine-tuning) requires every backbone layer
+`load_encoder(..., strict=True)` (evaluation, fine-tuning) requires every encoder layer
 (everything but the linear heads) to load; `strict=False` (pretext methods starting from an
 auxSKD student) copies every layer whose name and shape match, and reports the rest.
 """
@@ -35,8 +35,8 @@ from auxskd_jax.errors import ConfigError, require
 from auxskd_jax.weights import convert, orbax
 
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar")
-# In lenient mode, fewer of the target's backbone parameter arrays than this fraction found
-# with a matching shape means the checkpoint is of another backbone (or not one at all).
+# In lenient mode, fewer of the target's encoder parameter arrays than this fraction found
+# with a matching shape means the checkpoint is of another encoder (or not one at all).
 MIN_MATCHED_FRACTION = 0.5
 ALL_HEADS = "all"
 
@@ -136,9 +136,9 @@ def _epoch(checkpoint: Mapping[str, Any]) -> int | None:
   return int(epoch) if isinstance(epoch, (int, np.integer)) else None
 
 
-def read_backbone(path: str, *, model_name: str | None, flag: str = "train.init_from",
-                  trust_pickle: bool = False) -> tuple[dict[str, Any], str, int | None]:
-  """(backbone variables {'params', 'batch_stats'}, format, epoch) of any supported source."""
+def read_encoder(path: str, *, model_name: str | None, flag: str = "train.init_from",
+                 trust_pickle: bool = False) -> tuple[dict[str, Any], str, int | None]:
+  """(encoder variables {'params', 'batch_stats'}, format, epoch) of any supported source."""
   if not os.path.exists(path):
     raise MissingCheckpointError(f"{_where(flag, path)} does not exist; give one of our workdirs / "
                       "checkpoint directories or a PyTorch .pth file.")
@@ -154,11 +154,11 @@ def read_backbone(path: str, *, model_name: str | None, flag: str = "train.init_
     return {"params": params["encoder"], "batch_stats": stats.get("encoder", {}) or {}}, ORBAX, \
         None
   if model_name is None:
-    raise ConfigError(f"{_where(flag, path)}: reading a PyTorch checkpoint needs the backbone's "
+    raise ConfigError(f"{_where(flag, path)}: reading a PyTorch checkpoint needs the encoder's "
                       "name (--config.model.name) to convert its keys.")
   checkpoint = read_torch(path, flag=flag, trust_pickle=trust_pickle)
   parts = convert.split_checkpoint(checkpoint)
-  if "backbone" in parts:
+  if "encoder" in parts:
     prefixed = any(k.startswith("module.") for k in convert.unwrap(checkpoint))
     fmt = DATA_PARALLEL_TORCH if prefixed else TORCH
   else:
@@ -166,7 +166,7 @@ def read_backbone(path: str, *, model_name: str | None, flag: str = "train.init_
   try:
     variables = convert.from_torch(checkpoint, model_name)
   except (convert.CheckpointMismatchError, ValueError, KeyError) as e:
-    raise ConfigError(f"{_where(flag, path)}: cannot read it as a {model_name!r} backbone "
+    raise ConfigError(f"{_where(flag, path)}: cannot read it as a {model_name!r} encoder "
                       f"(--config.model.name): {e}") from e
   return variables, fmt, _epoch(checkpoint)
 
@@ -211,38 +211,38 @@ def _shown(names: list[str], limit: int = 12) -> str:
   return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def load_backbone(source: str, target_variables: Any, *, strict: bool,
-                  model_name: str | None = None, heads: Iterable[str] | str | None = None,
-                  flag: str = "train.init_from", trust_pickle: bool = False
-                  ) -> tuple[Any, LoadReport]:
+def load_encoder(source: str, target_variables: Any, *, strict: bool,
+                 model_name: str | None = None, heads: Iterable[str] | str | None = None,
+                 flag: str = "train.init_from", trust_pickle: bool = False
+                 ) -> tuple[Any, LoadReport]:
   """`target_variables` ({'params', 'batch_stats'} of `models.build(model_name, ...)`, heads
-  included) with the backbone of the checkpoint `source` (one of our runs or the authors'
+  included) with the encoder of the checkpoint `source` (one of our runs or the authors'
   PyTorch files), and a report of what loaded (also logged).
 
   `heads`: names of the target's heads to take from the checkpoint too (when shapes match),
   or 'all'; the others keep their values (fine-tuning's new head). Default: none when
-  `strict`, all otherwise (a pretext method keeps whatever head fits). `strict`: every backbone
+  `strict`, all otherwise (a pretext method keeps whatever head fits). `strict`: every encoder
   layer must load, else a `ConfigError` naming `flag` and the layers; otherwise (pretext
   methods) matching layers are copied and the rest reported, with a `ConfigError` only when
-  less than half of the backbone matches (another backbone or width). `model_name` is needed
+  less than half of the encoder matches (another encoder or width). `model_name` is needed
   for PyTorch files; `trust_pickle` allows pickled objects in them.
   """
   path = source
   if heads is None:
     heads = () if strict else ALL_HEADS
-  tree, fmt, epoch = read_backbone(path, model_name=model_name, flag=flag,
-                                   trust_pickle=trust_pickle)
+  tree, fmt, epoch = read_encoder(path, model_name=model_name, flag=flag,
+                                  trust_pickle=trust_pickle)
   merged, report = merge(tree, target_variables, heads=heads, name=path)
   report.format, report.epoch = fmt, epoch
   target_heads = set(models.head_names(flax.serialization.to_state_dict(target_variables)))
   absent = sorted((a for a in report.missing + report.shape_mismatch
                    if _head_of(a.split(":")[0], target_heads) is None),
                   key=lambda a: not a.startswith("params/"))  # parameters first
-  hint = ("Is it a checkpoint of another backbone or width (check --config.model.name / "
+  hint = ("Is it a checkpoint of another encoder or width (check --config.model.name / "
           "--config.model.width)?")
   if strict and absent:
     raise ConfigError(
-        f"{_where(flag, path)}: {len(absent)} backbone layer(s) of the configured "
+        f"{_where(flag, path)}: {len(absent)} encoder layer(s) of the configured "
         f"{model_name or 'model'} were not in the checkpoint or had another shape: "
         f"{_shown(absent)}. {hint}")
   params = {p for p in _flatten(target_variables)
@@ -250,7 +250,7 @@ def load_backbone(source: str, target_variables: Any, *, strict: bool,
   got = [p for p in report.loaded if p in params]
   if not strict and len(got) < MIN_MATCHED_FRACTION * max(1, len(params)):
     raise ConfigError(
-        f"{_where(flag, path)}: only {len(got)} of the backbone's {len(params)} parameter "
+        f"{_where(flag, path)}: only {len(got)} of the encoder's {len(params)} parameter "
         f"arrays match this checkpoint. {hint} Not found or wrong shape: {_shown(absent)}")
   logging.info("%s", report.summary())
   return merged, report
@@ -282,8 +282,8 @@ def load_auxskd_torch_state(path: str, model_name: str, *, width: int | None = N
                       f"{lacking} (the authors' auxSKD script saves encoder_q, encoder_k, "
                       "predict_q_c, queue and queue_ptr under 'state_dict').")
   try:
-    student = convert.backbone_from_torch(parts[convert.STUDENT], model_name, width=width)
-    teacher = convert.backbone_from_torch(parts[convert.TEACHER], model_name, width=width)
+    student = convert.encoder_from_torch(parts[convert.STUDENT], model_name, width=width)
+    teacher = convert.encoder_from_torch(parts[convert.TEACHER], model_name, width=width)
     predictor = convert.predictor_from_torch(parts[convert.PREDICTOR])
   except (convert.CheckpointMismatchError, ValueError, KeyError) as e:
     raise ConfigError(f"{_where(flag, path)}: cannot read it as an auxSKD run of "
@@ -345,7 +345,7 @@ def _momentum(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], model_nam
     filled[part][key] = (np.zeros_like(value) if buf is None else
                          np.asarray(buf.detach().cpu().numpy() if hasattr(buf, "detach") else buf))
   try:
-    encoder = convert.backbone_from_torch(filled[convert.STUDENT], model_name, width=width)
+    encoder = convert.encoder_from_torch(filled[convert.STUDENT], model_name, width=width)
     predictor = convert.predictor_from_torch(filled[convert.PREDICTOR])
   except (convert.CheckpointMismatchError, ValueError):
     return None

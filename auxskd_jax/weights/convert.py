@@ -43,7 +43,7 @@ SAFE_GLOBALS = ("argparse.Namespace",)
 
 
 class CheckpointMismatchError(ValueError):
-  """A state dict whose keys or shapes do not fit the requested backbone."""
+  """A state dict whose keys or shapes do not fit the requested encoder."""
 
 
 class UnsafeCheckpointError(ValueError):
@@ -75,12 +75,12 @@ def split_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
   An auxSKD distillation model gives `{'encoder_q': sd, 'encoder_k': sd, 'predict_q_c': sd,
   'queue': [K, D], 'queue_ptr': [1]}` (parts it lacks are absent); anything else gives
-  `{'backbone': sd}`. BN `num_batches_tracked` counters are dropped (never read).
+  `{'encoder': sd}`. BN `num_batches_tracked` counters are dropped (never read).
   """
   sd = {strip_data_parallel(k): v for k, v in unwrap(checkpoint).items()
         if not k.endswith("num_batches_tracked")}
   if not any(k.startswith(_DISTILLATION_PREFIXES) for k in sd):
-    return {"backbone": {k: _to_numpy(v) for k, v in sd.items()}}
+    return {"encoder": {k: _to_numpy(v) for k, v in sd.items()}}
   parts: dict[str, Any] = {}
   for key, value in sd.items():
     if key in ("queue", "queue_ptr"):
@@ -93,14 +93,14 @@ def split_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def encoder_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The backbone's tensors from a state dict or a whole checkpoint, as numpy, unprefixed.
+  """The encoder's tensors from a state dict or a whole checkpoint, as numpy, unprefixed.
 
   Accepts `{'state_dict': ...}` wrappers, `module.` (DataParallel) prefixes anywhere and
   auxSKD's distillation model, from which the student encoder (`encoder_q`) is taken.
   """
   parts = split_checkpoint(checkpoint)
-  if "backbone" in parts:
-    return parts["backbone"]
+  if "encoder" in parts:
+    return parts["encoder"]
   if STUDENT not in parts:
     raise CheckpointMismatchError(
         "this auxSKD checkpoint has no student encoder (no 'encoder_q.' keys); convert a "
@@ -161,7 +161,7 @@ def _expected(name: str, heads: Mapping[str, int], width: int) -> dict[str, tupl
 
 
 def _guess_name(keys: list[str]) -> str | None:
-  """Which backbone a state dict's keys look like, for error messages."""
+  """Which encoder a state dict's keys look like, for error messages."""
   deep = any(".blocks.0." in k for k in keys)
   if any(k.startswith("mixed_3b.") for k in keys):
     return "s3d_g"
@@ -174,9 +174,9 @@ def _guess_name(keys: list[str]) -> str | None:
   return None
 
 
-def guess_backbone(checkpoint: Mapping[str, Any]) -> tuple[str | None, int | None]:
-  """(backbone name, width) that a reference checkpoint's keys and stem look like, or
-  (None, None): lets `auxskd_jax.api.load_backbone` read a `.pth` without being told."""
+def guess_encoder(checkpoint: Mapping[str, Any]) -> tuple[str | None, int | None]:
+  """(encoder name, width) that a reference checkpoint's keys and stem look like, or
+  (None, None): lets `auxskd_jax.api.load_encoder` read a `.pth` without being told."""
   try:
     sd = encoder_state_dict(checkpoint)
   except CheckpointMismatchError:
@@ -186,19 +186,19 @@ def guess_backbone(checkpoint: Mapping[str, Any]) -> tuple[str | None, int | Non
 
 
 def infer_width(sd: Mapping[str, Any], name: str, default: int = 64) -> int:
-  """The `width` a state dict of backbone `name` was built with (its stem's channels)."""
+  """The `width` a state dict of encoder `name` was built with (its stem's channels)."""
   key = _WIDTH_KEYS.get(name, "bn1.weight")
   return int(np.shape(sd[key])[0]) if key in sd else default
 
 
 def _infer_heads(sd: Mapping[str, np.ndarray], name: str, width: int) -> dict[str, int]:
-  """Linear heads are the top-level modules with a 2-D weight that the backbone lacks."""
-  backbone = {k.split(".")[0] for k in _expected(name, {}, width)}
+  """Linear heads are the top-level modules with a 2-D weight that the encoder lacks."""
+  own = {k.split(".")[0] for k in _expected(name, {}, width)}
   to_flax = {v: k for k, v in _TORCH_NAMES.get(name, {}).items()}
   heads = {}
   for key, value in sd.items():
     module, _, leaf = key.partition(".")
-    if module not in backbone and leaf == "weight" and np.ndim(value) == 2:
+    if module not in own and leaf == "weight" and np.ndim(value) == 2:
       heads[to_flax.get(module, module)] = int(np.shape(value)[0])
   return heads
 
@@ -228,13 +228,13 @@ def _check(sd: Mapping[str, np.ndarray], name: str, heads: Mapping[str, int], wi
       f"{'; '.join(problems)}.{hint}")
 
 
-def backbone_from_torch(sd: Mapping[str, Any], name: str, *,
-                        heads: Mapping[str, int] | None = None,
-                        width: int | None = None) -> dict[str, dict]:
-  """`{'params', 'batch_stats'}` from one backbone's unprefixed state dict (`split_checkpoint`
+def encoder_from_torch(sd: Mapping[str, Any], name: str, *,
+                       heads: Mapping[str, int] | None = None,
+                       width: int | None = None) -> dict[str, dict]:
+  """`{'params', 'batch_stats'}` from one encoder's unprefixed state dict (`split_checkpoint`
   gives those); every key must fit `build(name, heads=heads, width=width)`."""
   if name not in models.NAMES:
-    raise ValueError(f"model name {name!r} is not a backbone; choose one of {list(models.NAMES)}.")
+    raise ValueError(f"model name {name!r} is not an encoder; choose one of {list(models.NAMES)}.")
   sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
   if width is None:
     width = infer_width(sd, name)
@@ -257,8 +257,8 @@ def from_torch(state_dict: Mapping[str, Any], name: str, *, heads: Mapping[str, 
   (and `build(name, n, ...)` when the only head is `linear`).
   """
   if name not in models.NAMES:
-    raise ValueError(f"model name {name!r} is not a backbone; choose one of {list(models.NAMES)}.")
-  return backbone_from_torch(encoder_state_dict(state_dict), name, heads=heads, width=width)
+    raise ValueError(f"model name {name!r} is not an encoder; choose one of {list(models.NAMES)}.")
+  return encoder_from_torch(encoder_state_dict(state_dict), name, heads=heads, width=width)
 
 
 def to_torch(variables: Mapping[str, Any], name: str, *,
@@ -273,7 +273,7 @@ def to_torch(variables: Mapping[str, Any], name: str, *,
   for path, value in flat.items():
     if (path[0], path[-1]) not in _LEAF_TO_TORCH:
       raise CheckpointMismatchError(f"variable {'/'.join(path)!r} has no PyTorch counterpart; "
-                                    f"pass the backbone's {{'params', 'batch_stats'}}.")
+                                    f"pass the encoder's {{'params', 'batch_stats'}}.")
     sd[_torch_key(path, name)] = _torch_layout(np.asarray(value, np.float32))
     if path[0] == "batch_stats" and path[-1] == "mean":
       sd[_torch_key(path, name)[:-len("running_mean")] + "num_batches_tracked"] = np.asarray(
