@@ -22,6 +22,9 @@ from tests import multiproc
 
 ROOT = multiproc.ROOT
 pytestmark = pytest.mark.slow
+# The session's compilation cache (tests/conftest.py), not the user's ~/.cache (the config's
+# default): every launch here compiles the programs the launches before it compiled.
+_CACHE = f"--config.compilation_cache_dir={os.environ['JAX_COMPILATION_CACHE_DIR']}"
 
 
 def _flags(config: str, data, workdir: str, steps: int, extra=(), save_every: int = 2,
@@ -37,7 +40,8 @@ def _flags(config: str, data, workdir: str, steps: int, extra=(), save_every: in
           # step (measured); Kaiming init keeps a 2 x 2 run within 1e-5 of a 1 x 4 one.
           "--config.model.init=kaiming",
           f"--config.train.num_steps={steps}", f"--config.train.log_every={log_every}",
-          f"--config.train.checkpoint_every={save_every}", "--config.xla_fast_compile=True", *extra]
+          f"--config.train.checkpoint_every={save_every}", "--config.xla_fast_compile=True",
+          _CACHE, *extra]
 
 
 def _launch_job(args: list[str], processes: int, devices: int) -> list[subprocess.Popen]:
@@ -261,7 +265,7 @@ def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_f
       "--config.model.name=r3d_10", "--config.model.width=4", "--config.clip.clip_len=4",
       "--config.clip.crop_size=16", "--config.clip.eval_clips=2", "--config.eval.topk=(1,)",
       "--config.eval.feature_layer=pool", f"--config.eval.init_from={two}",
-      "--config.xla_fast_compile=True"]
+      "--config.xla_fast_compile=True", _CACHE]
   _ok(_run_job(out_args, processes=1, devices=1))
   record = json.loads(_read(os.path.join(ret, "results.json")))
   assert 0.0 <= record["metrics"]["top1"] <= 1.0
