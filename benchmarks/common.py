@@ -125,6 +125,8 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
   c.model.dtype = dtype
   if getattr(args, "conv_lowering", None):
     c.model.conv_lowering = args.conv_lowering
+  if getattr(args, "xla_cpu_ynnpack_ops", None) is not None:  # as set_xla_cpu_ops applied it
+    c.xla_cpu_ynnpack_ops = args.xla_cpu_ynnpack_ops
   c.clip.clip_len = args.clip_len
   c.clip.crop_size = args.crop
   c.train.batch_size = args.batch
