@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import ml_collections
 from absl import logging
 
-from auxskd_jax import defaults, distributed, errors
+from auxskd_jax import defaults, distributed, errors, runtime
 from auxskd_jax.trees import flatten
 from auxskd_jax.errors import ConfigError, require  # noqa: F401  (re-exported)
 
@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   # sends convolutions there). Convolutions stay on XLA's own (Eigen) kernels: on the 2-core
   # CPUs we measured, the whole training step is then about 1.4x faster (BENCHMARKS.md). The
   # results differ from XLA's default by float32 rounding only. No effect on GPU/TPU.
-  c.xla_cpu_ynnpack_ops = "dot,reduce"
+  c.xla_cpu_ynnpack_ops = runtime.DEFAULT_YNNPACK_OPS  # "dot,reduce"
   # What the run is called in reports (e.g. "auxSKD -> VSPP").
   c.method_chain = ""
   # Resuming a workdir's run with another config fails unless the changed keys are listed here,

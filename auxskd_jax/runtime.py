@@ -12,6 +12,8 @@ from auxskd_jax.errors import require
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 YNN_OPS = ("dot", "individual_dot", "reduce", "eltwise", "individual_convolution")
+# config.xla_cpu_ynnpack_ops's default: convolutions stay on XLA's own kernels (BENCHMARKS.md).
+DEFAULT_YNNPACK_OPS = "dot,reduce"
 # jaxlib versions the YNN flag was measured on (BENCHMARKS.md). It is experimental: a jaxlib
 # without it would abort on an unknown XLA flag, so others keep XLA's own choice.
 _YNN_JAXLIB = ((0, 10), (0, 12))
@@ -36,14 +38,14 @@ def _jaxlib_has_ynn_flag() -> bool:
   return _YNN_JAXLIB[0] <= major_minor <= _YNN_JAXLIB[1]
 
 
-def set_ynnpack_ops(value: str) -> None:
-  """Sends exactly these op kinds to YNNPACK on the CPU, through XLA_FLAGS (read when the
-  backend starts, at the first JAX computation). Nothing is added for "" (XLA's default),
-  for an untested jaxlib, when XLA_FLAGS already sets the flag (the environment wins), or
-  under unoptimised codegen (`xla_fast_compile`, the tests): there the convolutions YNNPACK
-  gives up are emitted as plain loops, which round worse (VCOP's authors'-step parity test
-  fails by 3.4x its tolerance) and gain nothing."""
-  ops = ynn_ops(value)
+def set_ynnpack_ops(value: str | None = None) -> None:
+  """Sends exactly these op kinds (None: `DEFAULT_YNNPACK_OPS`) to YNNPACK on the CPU, through
+  XLA_FLAGS (read when the backend starts, at the first JAX computation). Nothing is added for
+  "" (XLA's default), for an untested jaxlib, when XLA_FLAGS already sets the flag (the
+  environment wins), or under unoptimised codegen (`xla_fast_compile`, the tests), where the
+  choice was measured only to round worse in one case (jax 0.10: VCOP's authors'-step parity
+  3.4x its tolerance; docs/FIDELITY.md)."""
+  ops = ynn_ops(DEFAULT_YNNPACK_OPS if value is None else value)
   flags = os.environ.get("XLA_FLAGS", "")
   if ops and YNN_FLAG not in flags and FAST_COMPILE_FLAG not in flags and \
       _jaxlib_has_ynn_flag():

@@ -55,9 +55,7 @@ def add_common_flags(parser: argparse.ArgumentParser, *, steps: int = 20,
   parser.add_argument("--devices", type=int, default=1, help="local devices the step spans")
   parser.add_argument("--conv_lowering", default=None,
                       help="model.conv_lowering (xla, auto, ...); default: the config's")
-  parser.add_argument("--xla_cpu_ynnpack_ops", default=None,
-                      help="xla_cpu_ynnpack_ops (op kinds XLA:CPU gives YNNPACK; '' = XLA's "
-                      "default); default: the config's")
+  add_xla_cpu_flag(parser)
   parser.add_argument("--peak_tflops", type=float, default=PEAK_TFLOPS,
                       help="device peak for model FLOP utilisation (790 = H100 dense bf16)")
   parser.add_argument("--tiny", action="store_true",
@@ -78,18 +76,26 @@ def apply_tiny(args: argparse.Namespace) -> argparse.Namespace:
       setattr(args, name, value)
   if args.tiny:
     args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 1)
-  set_xla_cpu_ops(args.xla_cpu_ynnpack_ops)
+  set_xla_cpu_ops(args)
   return args
 
 
-def set_xla_cpu_ops(value: str | None) -> None:
+def add_xla_cpu_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--xla_cpu_ynnpack_ops", default=None,
+                      help="xla_cpu_ynnpack_ops (op kinds XLA:CPU gives YNNPACK; '' = XLA's "
+                      "default); default: the config's")
+
+
+def set_xla_cpu_ops(args: argparse.Namespace) -> None:
   """The run's XLA:CPU library choice, as a real run makes it (`runtime.apply`); it must be
   set before the first JAX computation, so scripts call it (through `apply_tiny`) first."""
   from auxskd_jax import config as config_lib
   from auxskd_jax import runtime
 
-  runtime.set_ynnpack_ops(config_lib.base_config().xla_cpu_ynnpack_ops if value is None
-                          else value)
+  try:
+    runtime.set_ynnpack_ops(args.xla_cpu_ynnpack_ops)
+  except config_lib.ConfigError as e:
+    raise SystemExit(f"benchmark flags give a bad config: {e}")
 
 
 def parse_dtypes(text: str) -> list[str]:

@@ -18,7 +18,8 @@ import statistics
 import time
 from typing import Any, Callable, Sequence
 
-from common import environment, set_xla_cpu_ops, write_json  # benchmarks/ is the script's dir
+# benchmarks/ is the script's dir
+from common import add_xla_cpu_flag, environment, set_xla_cpu_ops, write_json
 
 import jax
 import jax.numpy as jnp
@@ -151,12 +152,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--crop", type=int, default=56)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--lowerings", default="xla,im2col,shifted,native")
-  parser.add_argument("--xla_cpu_ynnpack_ops", default=None,
-                      help="op kinds XLA:CPU gives YNNPACK ('' = XLA's default); default: "
-                      "the config's")
+  add_xla_cpu_flag(parser)
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
-  set_xla_cpu_ops(args.xla_cpu_ynnpack_ops)
+  set_xla_cpu_ops(args)
   result = run(args)
   print(markdown(result))
   if args.out:

@@ -113,10 +113,16 @@ class TorchAuxSKD:
   def clips(self, batch: int, clip_len: int, crop: int, seed: int = 0) -> tuple[Any, Any]:
     """Two ready clip batches `[B, 3, T, H, W]` in the reference's 0..255 range."""
     g = self.torch.Generator().manual_seed(seed)
-    shape = (batch, 3, clip_len, crop, crop)
-    x = [(self.torch.rand(shape, generator=g) * 255).to(self.device).contiguous(
-        memory_format=self.memory_format) for _ in range(2)]
-    return x[0], x[1]
+    return (ready_clips(self, g, batch, clip_len, crop),
+            ready_clips(self, g, batch, clip_len, crop))
+
+
+def ready_clips(bench: Any, g: Any, batch: int, clip_len: int, crop: int) -> Any:
+  """A clip batch `[B, 3, T, H, W]` of 0..255 values drawn from `g`, on `bench`'s device and
+  in its memory format."""
+  torch = bench.torch
+  return (torch.rand((batch, 3, clip_len, crop, crop), generator=g) * 255).to(
+      bench.device).contiguous(memory_format=bench.memory_format)
 
 
 class TorchClassifier:
@@ -157,8 +163,7 @@ class TorchClassifier:
   def inputs(self, batch: int, clip_len: int, crop: int, seed: int = 0) -> tuple[Any, Any]:
     """One ready clip batch `[B, 3, T, H, W]` (0..255) and a label per head."""
     g = self.torch.Generator().manual_seed(seed)
-    x = (self.torch.rand((batch, 3, clip_len, crop, crop), generator=g) * 255).to(
-        self.device).contiguous(memory_format=self.memory_format)
+    x = ready_clips(self, g, batch, clip_len, crop)
     labels = {name: self.torch.randint(0, n, (batch,), generator=g).to(self.device)
               for name, n in self.heads.items()}
     return x, labels
