@@ -25,9 +25,11 @@ import numpy as np
 
 def demo_videos(root: str, *, size: int, num_frames: int, per_class: int
                 ) -> dict[str, tuple[list[str], np.ndarray]]:
-  """{split: (video paths, labels)} of a small demo dataset generated under `root`."""
+  """{split: (video paths, labels)} of a small demo dataset generated under `root`, one folder
+  per setting, so encoders of other clip sizes share one --workdir."""
   from auxskd_jax.demo import generate, motions
 
+  root = os.path.join(root, f"{size}px_{num_frames}frames_{per_class}per_class")
   settings = generate.settings(seed=0, size=size, num_frames=num_frames,
                                train_per_class=per_class, test_per_class=max(1, per_class // 2),
                                pool_synthetic=0, pool_real=0, use_samples=False)

@@ -149,6 +149,9 @@ def test_example_runs_with_a_saved_encoder(saved, tmp_path, capsys):
   assert set(scores) == {"top1", "top5", "knn"} and all(0 <= v <= 1 for v in scores.values())
   assert "8 train and 4 test videos -> 64-d features" in out and "init_from" in out
   assert scores["top5"] >= scores["top1"]
+  # the same --workdir serves an encoder of another clip size (one video set per setting)
+  other = example.demo_videos(str(tmp_path / "videos"), size=40, num_frames=8, per_class=1)
+  assert len(other["train"][0]) == 4 and len(other["test"][0]) == 4
 
 
 def test_import_stays_cheap():
