@@ -15,8 +15,8 @@ as its change over the step, relative to the largest magnitude of the float64 st
 (change); the tolerance is max(1e-4, 10 x the difference between the authors' float32 step and
 the same step in float64), computed here for every array.
 
-XLA settings: those of a real run (optimised codegen, `runtime.apply`'s YNNPACK choice), each
-test in a child pytest (`product_xla`), not the suite's unoptimised codegen. Measured on a
+XLA settings: those of a real run (optimised codegen, `runtime.apply`'s YNNPACK choice), all
+five tests in one child pytest (`product_xla`), not the suite's unoptimised codegen. Measured on a
 2-core Intel Xeon: under unoptimised codegen one XLA:CPU path or another drifts from the
 float64 step in VCOP's step (jax 0.10: XLA's own convs, 3.4x the tolerance; jax 0.12: YNNPACK's,
 172x), while with a real run's settings all five pass on both, at 0.2-0.4x.
@@ -31,7 +31,6 @@ update and teacher change stand far above float32 resolution. torch runs on one 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import subprocess
 import sys
@@ -68,24 +67,46 @@ FLOOR = 1e-4
 STEPS = 2
 
 
-def product_xla(test: Callable[[], None]) -> Callable[[], None]:
-  """Runs `test` in a child pytest under a real run's XLA settings (see the module docstring):
-  XLA reads its flags once per process, and the suite's process compiles unoptimised."""
-  if os.environ.get(conftest.PRODUCT_XLA_ENV) == "1":
-    return test
+# The parity tests' names, in definition order (`product_xla` collects them).
+PARITY_TESTS: list[str] = []
 
-  @functools.wraps(test)
-  def in_child() -> None:
+
+def product_xla(test: Callable[[], None]) -> Callable[[], None]:
+  """Marks a parity test that must run under a real run's XLA settings (see the module
+  docstring): XLA reads its flags once per process, and the suite's process compiles
+  unoptimised. In the child (PRODUCT_XLA) it is an ordinary test; in the suite's process it is
+  not collected, and `test_every_step_matches_authors_under_a_real_runs_xla` runs all of them
+  in one child pytest (one start-up: torch, jax and the methods imported once)."""
+  PARITY_TESTS.append(test.__name__)
+  if not conftest.PRODUCT_XLA:
+    test.__test__ = False  # type: ignore[attr-defined]
+  return test
+
+
+if not conftest.PRODUCT_XLA:
+
+  def test_every_step_matches_authors_under_a_real_runs_xla(tmp_path):
+    """The five parity tests below in one child pytest under a real run's XLA settings; each
+    must have run and passed (a missing or skipped one fails this test too)."""
+    import xml.etree.ElementTree as ElementTree
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    report_xml = tmp_path / "parity.xml"
     env = {**os.environ, conftest.PRODUCT_XLA_ENV: "1",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-         f"tests/test_authors_step.py::{test.__name__}"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--junitxml={report_xml}", "tests/test_authors_step.py"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     print(run.stdout[-3000:])
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-  return in_child
+    assert report_xml.exists(), run.stdout[-6000:] + run.stderr[-2000:]
+    outcomes = {}
+    for case in ElementTree.parse(report_xml).getroot().iter("testcase"):
+      failed = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
+      outcomes[case.get("name")] = failed[0] if failed else "passed"
+    assert outcomes == dict.fromkeys(PARITY_TESTS, "passed"), (
+        f"{outcomes}\n{run.stdout[-6000:]}{run.stderr[-2000:]}")
+    assert run.returncode == 0
 
 
 @pytest.fixture(autouse=True, scope="module")
