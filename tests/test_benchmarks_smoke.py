@@ -392,3 +392,30 @@ def test_conv_profile_tiny(results):
     assert all(r[key] > 0 for r in rows)
     total = sum(r[key] * r["count"] for r in rows)
     assert abs(payload["totals_ms_per_forward_x_count"][key] - total) < 0.01 + 1e-3 * total
+
+
+def test_step_profile_sorts_ops_by_kind():
+  """The profiler's accounting on a small jitted program: a fused layout change and a
+  reduction are named by what their fusions hold, and on a CPU the asynchronous convolution
+  is the wall time the synchronous ops leave."""
+  import step_profile
+
+  x = jax.numpy.ones((8, 16, 16, 8))
+  k = jax.numpy.ones((3, 3, 8, 8))
+
+  def fn(x, k):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.numpy.transpose(jax.nn.relu(y) + 1.0, (3, 1, 2, 0)), (y * y).sum(axis=(0, 1, 2))
+
+  compiled = jax.jit(fn).lower(x, k).compile()
+  kinds = step_profile.hlo_kinds(compiled.as_text())
+  assert "convolution" in kinds.values()
+  result = step_profile.profile_calls(compiled, lambda: compiled(x, k), steps=3)
+  assert result["wall_ms_per_step"] > 0 and result["ops_per_step"] >= 2
+  by_kind = {r["kind"]: r for r in result["by_kind"]}
+  assert any(kind.startswith("fusion[") for kind in by_kind), by_kind
+  assert "(asynchronous: convolutions)" in by_kind
+  # ops that ran side by side can sum to more than the wall time, never to less
+  assert sum(r["share"] for r in result["by_kind"]) >= 1.0 - 1e-6
+  assert all(op["kind"] == kinds[op["op"]] for op in result["top_ops"])
