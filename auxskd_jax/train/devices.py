@@ -36,9 +36,22 @@ def replicate(tree: Any, axis_name: str = AXIS) -> Any:
   return jax.pmap(lambda x: x, axis_name=axis_name)(stacked)
 
 
+def _first_copy(x: Any) -> np.ndarray:
+  """`x[0]` on the host, read from the shard that holds it: indexing a device array compiles
+  a gather (and a broadcast) per leaf shape, dozens of small compiles per state."""
+  shards = getattr(x, "addressable_shards", None)
+  if shards and getattr(x, "ndim", 0) > 0:
+    for shard in shards:
+      first = shard.index[0] if shard.index else slice(None)
+      if isinstance(first, slice) and (first.start or 0) == 0 and \
+          shard.data.shape[:1] == (1,) and shard.data.shape[1:] == x.shape[1:]:
+        return np.asarray(shard.data)[0]
+  return np.asarray(jax.device_get(x[0]))
+
+
 def unreplicate(tree: Any) -> Any:
   """Device 0's copy, on the host (replicas are kept identical by the steps)."""
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
+  return jax.tree.map(_first_copy, tree)
 
 
 def shard_for_devices(batch: Any, n_local_devices: int) -> Any:
