@@ -177,8 +177,10 @@ def test_s3dg_trains_in_bfloat16():
   (value, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
       variables["params"], variables["batch_stats"], x)
   assert np.isfinite(float(value))
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
-  assert float(jnp.abs(grads["gating"]["fc"]["kernel"]).max()) > 0
+  # Checked on the host: jnp.isfinite per leaf compiled ~90 small programs (one per shape).
+  grads = jax.device_get(grads)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert np.abs(grads["gating"]["fc"]["kernel"]).max() > 0
   assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
 
 

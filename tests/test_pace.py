@@ -14,6 +14,7 @@ import pytest
 
 from auxskd_jax.config import ConfigError
 from auxskd_jax.methods import pace
+from auxskd_jax.train import devices
 from auxskd_jax.train import encoder as encoder_lib
 
 import tiny
@@ -55,26 +56,29 @@ def fixed_clips(task, key, batch, config, *, train):
 def test_pmapped_steps_reduce_loss_on_fixed_batch():
   config = tiny_config()
   method = pace.VideoPace(config)
-  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20, seed=0, 
+  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20, seed=0,
                                           make_clips=fixed_clips)
   rng = np.random.default_rng(0)
   batch = {"windows": rng.integers(0, 256, (4, 2, 1, 8, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 4, (4, 2)).astype(np.int32)}
-  rep = jax.tree.map(lambda x: jnp.stack([x] * 4), state)
+  # Replicated as the loop does (devices.replicate): the state fed back from the first step then
+  # looks the same to pmap, which compiles the step once, not twice.
+  rep = devices.replicate(state)
   step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:4])
-  key = jnp.stack([jax.random.PRNGKey(1)] * 4)
+  key = devices.replicate(jax.random.PRNGKey(1))
   losses = []
   for _ in range(4):
     rep, metrics = step(rep, batch, key)
-    losses.append(float(metrics["loss"][0]))
-    np.testing.assert_allclose(np.asarray(metrics["loss"]), losses[-1], rtol=1e-6)
+    loss = np.asarray(metrics["loss"])
+    losses.append(float(loss[0]))
+    np.testing.assert_allclose(loss, losses[-1], rtol=1e-6)
   assert np.isfinite(losses).all()
   assert 0.5 < losses[0] < 3.0  # near log(4) at init
   assert losses[-1] < losses[0], losses
   assert {"accuracy", "learning_rate"} <= set(metrics)
   assert int(rep.step[0]) == 4
-  for leaf in jax.tree.leaves(rep.params):  # replicas stay identical
-    np.testing.assert_array_equal(np.asarray(leaf[3]), np.asarray(leaf[0]))
+  for leaf in jax.tree.leaves(jax.device_get(rep.params)):  # replicas stay identical
+    np.testing.assert_array_equal(leaf[3], leaf[0])
 
 
 def test_validate_names_bad_keys():
