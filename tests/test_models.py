@@ -31,7 +31,7 @@ def numpy_variables(model, seed=0, clips=CLIPS):
       value = rng.uniform(0.5, 1.5, s.shape)
     else:
       value = rng.normal(0, 0.1, s.shape)
-    flat[path] = jnp.asarray(value, jnp.float32)
+    flat[path] = jnp.asarray(value.astype(np.float32))  # cast on the host: no compile per shape
   return traverse_util.unflatten_dict(flat)
 
 
@@ -205,7 +205,8 @@ def test_bn_axis_name_under_pmap_equals_whole_batch():
 
 
 def test_s3dg_module_names_mirror_the_release():
-  flat = traverse_util.flatten_dict(shapes_of(models.build("s3d_g", 4, width=8)))
+  variables = shapes_of(models.build("s3d_g", 4, width=8))  # one trace of S3D-G (~2 s) for both
+  flat = traverse_util.flatten_dict(variables)
   names = {"/".join(p) for p in flat}
   for expected in ["params/conv1/conv1/kernel", "batch_stats/conv1/bn1/var",
                    "params/conv_2b/conv1/kernel", "params/conv_2c/conv2/kernel",
@@ -213,7 +214,7 @@ def test_s3dg_module_names_mirror_the_release():
                    "params/mixed_3b/conv_b1_b/conv2/kernel", "params/mixed_5c/gating_b3/fc/bias",
                    "params/linear/kernel"]:
     assert expected in names, expected
-  params = shapes_of(models.build("s3d_g", 4, width=8))["params"]
+  params = variables["params"]
   assert params["conv1"]["conv1"]["kernel"].shape == (2, 4, 4, 24, 8)  # space-to-depth stem
   assert params["linear"]["kernel"].shape == (128, 4)
   assert models.head_names(params) == ["linear"]  # the gating fcs are not heads
