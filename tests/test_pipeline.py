@@ -165,11 +165,14 @@ def test_pipeline_end_to_end_kill_resume_rerun_and_refusal(tiny_prepared, tmp_pa
   capsys.readouterr()
   metrics = os.path.join(full, "vspp2", "metrics.jsonl")
   before = open(metrics).read()
+  png = os.path.join(full, "results.png")
+  drawn = os.stat(png).st_mtime_ns
   again = task.run(config, full)
   out = capsys.readouterr().out
   assert out.count("done before, skipped") == len(STAGES) and "starting" not in out
   assert md.strip() in out
   assert open(metrics).read() == before and again["rows"] == rows
+  assert os.stat(png).st_mtime_ns == drawn  # the same table: its plot is kept, not redrawn
 
   # A copy of the workdir is the same finished run: the paths the pipeline derives from
   # `stage:` references are compared relative to its workdir, so nothing is redone.

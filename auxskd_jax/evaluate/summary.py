@@ -151,15 +151,34 @@ def plot(path: str, table: list[dict[str, Any]], title: str) -> str:
   return path
 
 
+def _same_as_written(paths: Mapping[str, str], table: list[dict[str, Any]], md: str) -> bool:
+  """Whether the workdir's results already hold these rows and this table (header included),
+  with their plot: a finished chain run again (every stage skipped) then keeps its plot, which
+  took seconds to redraw (matplotlib's import and layout) and would come out the same."""
+  try:
+    with open(paths["json"]) as f:
+      rows = json.load(f)["rows"]
+    with open(paths["md"]) as f:
+      same_md = f.read() == md
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+  return same_md and os.path.isfile(paths["png"]) and \
+      rows == json.loads(json.dumps(table, sort_keys=True))
+
+
 def write(workdir: str, table: list[dict[str, Any]], header: str,
           info: Mapping[str, Any]) -> dict[str, str]:
-  """Writes results.json, results.md and results.png into `workdir`; returns their paths."""
+  """Writes results.json, results.md and results.png into `workdir` (the plot only when the
+  rows or header changed); returns their paths."""
   paths = {"json": os.path.join(workdir, "results.json"),
            "md": os.path.join(workdir, "results.md"),
            "png": os.path.join(workdir, "results.png")}
+  md = markdown(table, header)
+  keep_plot = _same_as_written(paths, table, md)
   with open(paths["json"], "w") as f:
     json.dump({"info": dict(info), "rows": table}, f, indent=2, sort_keys=True)
   with open(paths["md"], "w") as f:
-    f.write(markdown(table, header))
-  plot(paths["png"], table, header)
+    f.write(md)
+  if not keep_plot:
+    plot(paths["png"], table, header)
   return paths
