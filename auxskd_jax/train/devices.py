@@ -37,15 +37,16 @@ def replicate(tree: Any, axis_name: str = AXIS) -> Any:
 
 
 def _first_copy(x: Any) -> np.ndarray:
-  """`x[0]` on the host, read from the shard that holds it: indexing a device array compiles
-  a gather (and a broadcast) per leaf shape, dozens of small compiles per state."""
+  """`x[0]` on the host, copied from the shard that holds it: indexing a device array compiles
+  a gather (and a broadcast) per leaf shape, dozens of small compiles per state. A copy, not a
+  view: on a CPU a view could share the buffer that the next step donates."""
   shards = getattr(x, "addressable_shards", None)
   if shards and getattr(x, "ndim", 0) > 0:
     for shard in shards:
       first = shard.index[0] if shard.index else slice(None)
       if isinstance(first, slice) and (first.start or 0) == 0 and \
           shard.data.shape[:1] == (1,) and shard.data.shape[1:] == x.shape[1:]:
-        return np.asarray(shard.data)[0]
+        return np.array(shard.data)[0]
   return np.asarray(jax.device_get(x[0]))
 
 
