@@ -56,8 +56,8 @@ def fixed_clips(task, key, batch, config, *, train):
 def test_pmapped_steps_reduce_loss_on_fixed_batch():
   config = tiny_config()
   method = pace.VideoPace(config)
-  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20, seed=0,
-                                          make_clips=fixed_clips)
+  state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20,
+                                          seed=0, make_clips=fixed_clips)
   rng = np.random.default_rng(0)
   batch = {"windows": rng.integers(0, 256, (4, 2, 1, 8, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 4, (4, 2)).astype(np.int32)}
