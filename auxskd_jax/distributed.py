@@ -190,7 +190,7 @@ def _wait_for_coordinator(address: str, deadline: float) -> str:
       cause = _one_line(e) or type(e).__name__
     if time.monotonic() >= deadline:
       return f"nothing answered at {address} ({cause})"
-    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
 
 def _give_up(message: str) -> None:
@@ -268,11 +268,52 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   finally:
     watchdog.cancel()
   _install_excepthook()
+  cache_compiles_in_every_cpu_process()
   watch_peers(heartbeat)
   first_collective(int(d.get("first_collective_timeout", 120)))
   py_logging.getLogger(__name__).info(
       "Joined the job: process %d of %d, %d local / %d global devices.", jax.process_index(),
       jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def cache_compiles_in_every_cpu_process() -> bool:
+  """Lets every process of a CPU job write its compiled programs to the persistent compilation
+  cache, not process 0 alone; returns whether it did. jax writes from process 0 only (so that
+  processes sharing a cache do not write the same entry), but on CPU the cache key holds the
+  process's own device topology: the other processes never find process 0's entries and
+  compiled every program again at every launch (a tiny training step: ~10 s). Their keys are
+  their own, so their writes never collide. A jax without these internals keeps its own rule."""
+  import jax
+
+  try:
+    from jax._src import compilation_cache
+    from jax._src import compiler
+    from jax._src import distributed as jax_distributed
+  except ImportError:
+    return False
+  original = getattr(compiler, "_cache_write", None)
+  if (original is None or getattr(original, "_every_cpu_process", False)
+      or not hasattr(compilation_cache, "put_executable_and_time")
+      or jax.process_count() == 1 or jax.default_backend() != "cpu"):
+    return False
+
+  def cache_write(cache_key: str, compile_time_secs: float, module_name: str, backend: Any,
+                  executable: Any, *rest: Any) -> None:
+    if (getattr(jax_distributed.global_state, "process_id", 0) == 0
+        or getattr(backend, "platform", "") != "cpu" or (rest and rest[0])):  # host callbacks
+      return original(cache_key, compile_time_secs, module_name, backend, executable, *rest)
+    if compile_time_secs < jax.config.jax_persistent_cache_min_compile_time_secs:
+      return None
+    try:
+      compilation_cache.put_executable_and_time(cache_key, module_name, executable, backend,
+                                                int(compile_time_secs))
+    except Exception as e:  # pylint: disable=broad-except  (a cache is an optimisation)
+      py_logging.getLogger(__name__).info("Not cached (%s): %s", module_name, _one_line(e))
+    return None
+
+  cache_write._every_cpu_process = True  # type: ignore[attr-defined]
+  compiler._cache_write = cache_write
+  return True
 
 
 _ABORT_HOOKS: list[Callable[[], None]] = []

@@ -114,7 +114,7 @@ class Manager(ocp.CheckpointManager):
       # orbax's step list) can lag behind its own wait by a moment.
       deadline = time.monotonic() + 60
       while not path.is_dir() and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
       if not path.is_dir():
         return  # orbax failed to commit the step (and said why): it stays unverified
       _write_json(path / _digest_name(jax.process_index()), out["record"])
