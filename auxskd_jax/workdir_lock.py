@@ -304,20 +304,28 @@ def hold(workdir: str, *, renew_every_s: float = RENEW_EVERY_S,
   import jax
 
   kwargs = dict(renew_every_s=renew_every_s, stale_after_s=stale_after_s)
+  # The release is an abort hook (a watchdog's or an early SIGTERM's os._exit skips `finally`)
+  # from before the lease is taken: a SIGTERM the moment lease.json appears still gives it
+  # back (release removes only a lease holding this run's token).
   if jax.process_count() == 1:
-    with Lease(workdir, **kwargs).acquire() as lease:
-      hook = distributed.at_abort(lease.release)  # a watchdog's os._exit skips `finally`
-      try:
+    lease = Lease(workdir, **kwargs)
+    hook = distributed.at_abort(lease.release)
+    try:
+      with lease.acquire():
         yield lease
-      finally:
-        distributed.cancel_at_abort(hook)
+    finally:
+      distributed.cancel_at_abort(hook)
     return
   lease, outcome = None, {"ok": True, "error": "", "token": ""}
   if jax.process_index() == 0:
+    lease = Lease(workdir, **kwargs)
+    distributed.at_abort(lease.release)
     try:
-      lease = Lease(workdir, **kwargs).acquire()
+      lease.acquire()
       outcome["token"] = lease.holder.token
     except UserError as e:
+      distributed.cancel_at_abort(lease.release)
+      lease = None
       outcome = {"ok": False, "error": str(e), "token": ""}
   chief = _agree(outcome)[0]
   try:
@@ -335,8 +343,6 @@ def hold(workdir: str, *, renew_every_s: float = RENEW_EVERY_S,
     failed = [o for o in _agree(mine) if not o["ok"]]
     if failed:
       raise UserError(failed[0]["error"])
-    if lease is not None:
-      distributed.at_abort(lease.release)  # a watchdog's os._exit skips `finally`
     yield lease
   finally:
     if lease is not None:

@@ -287,3 +287,36 @@ def test_ctrl_c_before_the_loop_is_one_line_and_gives_the_lease_back(tiny_prepar
   assert "Traceback" not in err and lines[-1].startswith("Interrupted (Ctrl-C) outside a "
                                                          "training loop"), err[-3000:]
   assert not os.path.exists(lease)
+
+
+_SIGTERM_AS_THE_LEASE_APPEARS = r"""
+import os, signal, sys, time
+from auxskd_jax import workdir_lock
+from auxskd_jax.train import preemption
+
+preemption.install_early_sigterm()
+acquire = workdir_lock.Lease.acquire
+
+def acquire_then_sigterm(self):
+  out = acquire(self)  # lease.json is written: the earliest a SIGTERM can find it
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(5)  # the early handler exits (status 42) before this returns
+  return out
+
+workdir_lock.Lease.acquire = acquire_then_sigterm
+with workdir_lock.hold(sys.argv[1]):
+  pass
+print("not stopped")
+"""
+
+
+def test_a_sigterm_the_moment_the_lease_is_taken_gives_it_back(tmp_path):
+  """The release is registered for an early exit before the lease is taken, so a SIGTERM right
+  after lease.json appears (as a scheduler's may be) exits 42 and leaves no lease behind."""
+  workdir = str(tmp_path / "run")
+  out = subprocess.run([sys.executable, "-c", _SIGTERM_AS_THE_LEASE_APPEARS, workdir],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 42, out.stdout + out.stderr[-2000:]
+  assert "not stopped" not in out.stdout
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
