@@ -200,9 +200,9 @@ def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_f
     tiny_prepared, tmp_path):
   """auxSKD through main.py. A 1 x 4 run SIGKILLed once its first checkpoint exists resumes
   to end bitwise-equal to an uninterrupted run (state, teacher, queue, optimizer); a 2 x 2 run
-  matches the 1 x 4 one to the float noise of the all-reduces and its checkpoint continues on
-  1 x 4 as the 1 x 4 run does; that checkpoint serves a 1-device and a 2 x 2 retrieval with the
-  same report; VSPP then starts from the auxSKD checkpoint.
+  matches the 1 x 4 one to the float noise of the all-reduces; its checkpoint serves a 1-device
+  and a 2 x 2 retrieval with the same report, then continues on 1 x 4 as the 1 x 4 run does;
+  VSPP then starts from the auxSKD checkpoint.
 
   The killed run is set 1000 steps so the kill always lands mid-run; the uninterrupted run is
   started once the killed run's last checkpoint k is known, and the resume is told its length
@@ -247,16 +247,9 @@ def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_f
   assert int(s1["extras"]["queue_ptr"]) == int(s2["extras"]["queue_ptr"]) == 3 * 8 % 16
   # only process 0 wrote the logs, once
   assert [r["step"] for r in _rows(two)] == [1, 2, 3]
-  # the 2 x 2 pretraining continues on 1 x 4 (same global batch) as the 1 x 4 run does
-  _ok(_run_job(_flags(cfg, tiny_prepared, two, 5, extra, save_every=5)
-               + ["--config.resume_overrides=train.num_steps"], processes=1, devices=4))
-  l2 = _losses(two)
-  assert sorted(l2) == [1, 2, 3, 4, 5]
-  # The two step-3 states already differ by the float noise of 2 x 2 vs 1 x 4 (~1e-5
-  # relative), which the next steps carry on.
-  _assert_losses_close(l1, l2, (4, 5))
-
-  # the 2-process checkpoint serves a 1-process, 1-device retrieval
+  # the 2-process checkpoint (step 3, the only one `two` holds yet) serves a 1-process,
+  # 1-device retrieval
+  assert _saved_steps(two) == [3]
   ret = str(tmp_path / "ret")
   data_dir, name = tiny_prepared
   out_args = [
@@ -279,6 +272,15 @@ def test_auxskd_two_processes_match_one_kill_resume_bitwise_retrieval_and_vspp_f
   assert record2["num_gallery"] == record["num_gallery"] == 12
   assert len(_read(os.path.join(ret2, "results.md")).splitlines()) == \
       len(_read(os.path.join(ret, "results.md")).splitlines())
+
+  # the 2 x 2 pretraining continues on 1 x 4 (same global batch) as the 1 x 4 run does
+  _ok(_run_job(_flags(cfg, tiny_prepared, two, 5, extra, save_every=5)
+               + ["--config.resume_overrides=train.num_steps"], processes=1, devices=4))
+  l2 = _losses(two)
+  assert sorted(l2) == [1, 2, 3, 4, 5]
+  # The two step-3 states already differ by the float noise of 2 x 2 vs 1 x 4 (~1e-5
+  # relative), which the next steps carry on.
+  _assert_losses_close(l1, l2, (4, 5))
 
   # VSPP from the auxSKD checkpoint; log_every=2 over 3 steps logs steps 2 and 3 (the last)
   vspp = str(tmp_path / "vspp")
