@@ -14,6 +14,7 @@ theirs under `train.bn='dataparallel'`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -33,6 +34,7 @@ def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def random_queue(key: jax.Array, size: int, dim: int, axis: int = -1) -> jax.Array:
   """The initial queue `[size, dim]` of standard normal draws, L2-normalised along `axis`.
 
@@ -145,5 +147,10 @@ class MomentumTeacher:
 def momentum_extras(encoder: dict[str, Any], queue: jax.Array) -> dict[str, Any]:
   """`extras` of a momentum method: the teacher as an exact copy of the encoder (a copy, not
   an alias: donation frees buffers), the queue and its pointer."""
-  return {"teacher": jax.tree.map(jnp.array, encoder), "queue": queue,
-          "queue_ptr": jnp.zeros((), jnp.int32)}
+  return {"teacher": _copy_tree(encoder), "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
+
+
+@jax.jit
+def _copy_tree(tree: Any) -> Any:
+  """A copy of every leaf in one program (eager copies compile one program per leaf shape)."""
+  return jax.tree.map(jnp.copy, tree)

@@ -28,8 +28,11 @@ class TrainState(flax.struct.PyTreeNode):
   @classmethod
   def create(cls, *, params: Any, batch_stats: Any, tx: optax.GradientTransformation,
              extras: Any = None) -> "TrainState":
+    # `tx.init` under one jit: run eagerly it compiles one small program per leaf shape
+    # (~20 for R(2+1)D), a second or more of every launch on XLA:CPU.
     return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-               opt_state=tx.init(params), extras={} if extras is None else extras, tx=tx)
+               opt_state=jax.jit(tx.init)(params), extras={} if extras is None else extras,
+               tx=tx)
 
   def apply_gradients(self, grads: Any, **changes: Any) -> "TrainState":
     """One optimizer update; `changes` replaces other fields (e.g. new batch_stats)."""
