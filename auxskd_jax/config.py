@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Initialisation of every layer with weights: "torch" (PyTorch's defaults, which the
   # authors' models keep) or "kaiming" (this port's earlier scheme); see docs/FIDELITY.md.
   c.model.init = "torch"
+  # How convolutions are lowered (models/layers.py): "auto" is XLA's convolutions everywhere
+  # except, on a CPU, the kernel gradient of the stride-1 temporal convs, which runs as one dot
+  # per tap (float32 rounding only; 1.03-1.04x whole steps on a 2-core Intel Xeon,
+  # BENCHMARKS.md). "xla": XLA's convolutions only; "native", "im2col", "shifted": for study.
+  c.model.conv_lowering = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ""  # where prepared TFDS datasets live

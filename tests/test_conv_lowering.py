@@ -16,6 +16,7 @@ SHAPES = [
     ((2, 3, 6, 6, 4), (1, 3, 3, 4, 6), (1, 1, 1), (0, 1, 1)),
     ((2, 4, 6, 6, 4), (1, 3, 3, 4, 6), (1, 2, 2), (0, 1, 1)),
     ((2, 4, 5, 5, 6), (3, 1, 1, 6, 4), (1, 1, 1), (1, 0, 0)),
+    ((2, 4, 5, 5, 3), (3, 1, 1, 3, 5), (1, 1, 1), (1, 0, 0)),  # more out than in channels
     ((2, 4, 5, 5, 6), (3, 1, 1, 6, 4), (2, 1, 1), (1, 0, 0)),
     ((2, 5, 3, 3, 6), (3, 1, 1, 6, 4), (2, 1, 1), (1, 0, 0)),  # odd length, stride 2
     ((2, 4, 3, 3, 2), (3, 1, 1, 2, 3), (2, 1, 1), (0, 0, 0)),  # a row past the last window
@@ -54,17 +55,23 @@ def test_auto_on_cpu_is_the_custom_vjp():
   jaxpr = str(jax.make_jaxpr(jax.grad(
       lambda k: layers.conv3d(x, k, strides, padding, lowering="auto").sum()))(k))
   assert "custom_vjp" in jaxpr or "dot_general" in jaxpr
-  assert layers._cpu_kernel_grad_impl(ks, strides) == "shifted"
+  assert layers._cpu_kernel_grad_impl(ks, strides, padding) == "taps"
 
 
-def test_bfloat16_lowerings_keep_dtype():
-  xs, ks, strides, padding = SHAPES[1]
+@pytest.mark.parametrize("index", [1, 3])
+def test_bfloat16_lowerings_keep_dtype(index):
+  xs, ks, strides, padding = SHAPES[index]
   x, k = jnp.ones(xs, jnp.bfloat16), jnp.ones(ks, jnp.bfloat16)
   want = layers.conv3d(x, k, strides, padding, lowering="xla")
+  _, vjp = jax.vjp(lambda x, k: layers.conv3d(x, k, strides, padding, lowering="xla"), x, k)
+  want_dk = vjp(jnp.ones_like(want))[1]
   for lowering in layers.CONV_LOWERINGS:
-    got = layers.conv3d(x, k, strides, padding, lowering=lowering)
-    assert got.dtype == jnp.bfloat16
+    got, vjp = jax.vjp(lambda x, k: layers.conv3d(x, k, strides, padding, lowering=lowering),
+                       x, k)
+    dx, dk = vjp(jnp.ones_like(got))
+    assert got.dtype == dx.dtype == dk.dtype == jnp.bfloat16, lowering
     np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-2)
+    np.testing.assert_allclose(np.float32(dk), np.float32(want_dk), rtol=1e-2)
 
 
 def test_set_conv_lowering_refuses_unknown():

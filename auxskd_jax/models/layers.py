@@ -5,10 +5,12 @@ but a conv whose kernel is 1 along time (the (2+1)D spatial convs) runs as a 2-D
 `B*T` images, and one that is 1x1 in space (the temporal convs) as a 2-D conv over `(T, H*W)`.
 2-D convolutions are the best-tuned path in XLA/cuDNN and give the same numbers.
 
-On CPU, XLA's conv emitter is slow at some of these shapes, above all the kernel gradients
-(a reduction over the batch). `conv3d` therefore has interchangeable lowerings (im2col +
-matmul, a sum of per-tap matmuls, one 3-D conv) and an "auto" choice per shape and pass,
-selected process-wide by `set_conv_lowering` (config `model.conv_lowering`).
+On CPU, XLA's kernel-gradient convolutions reduce over the batch as their feature dimension
+and first transpose the activations to put it innermost. `conv3d` therefore has
+interchangeable lowerings (im2col + matmul, a sum of per-tap matmuls, one 3-D conv), selected
+process-wide by `set_conv_lowering` (config `model.conv_lowering`), and the default "auto":
+XLA's convolutions, except on a CPU the kernel gradient of the stride-1 temporal convs, which
+runs as one dot per tap without transposes (`_kernel_grad_by_taps`).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ _IMPLS = {"xla": _conv_xla, "native": _conv_native, "im2col": _conv_im2col,
           "shifted": _conv_shifted}
 # "auto": a per-shape choice on CPU (below), XLA's conv elsewhere (cuDNN on GPU).
 CONV_LOWERINGS = ("auto", *_IMPLS)
-_lowering = {"name": "xla"}
+_lowering = {"name": "auto"}
 
 
 def set_conv_lowering(name: str) -> None:
@@ -124,16 +126,54 @@ def conv_lowering() -> str:
   return _lowering["name"]
 
 
-def _cpu_kernel_grad_impl(kernel_shape: tuple[int, ...], strides: Triple) -> str:
-  """The fastest kernel-gradient form for this conv on a CPU, measured on 2-core AVX2 for the
-  R(2+1)D shapes (BENCHMARKS.md): XLA's emitter is slow at reducing over the batch."""
+def _is_same_stride1(kernel_shape: tuple[int, ...], strides: Triple, padding: Triple) -> bool:
+  """Stride 1 and padding (k - 1) / 2 in every dimension: the output grid is the input's."""
+  return all(s == 1 and 2 * p == k - 1
+             for k, s, p in zip(kernel_shape[:3], strides, padding))
+
+
+def _shifted(a: jax.Array, offset: Sequence[int]) -> jax.Array:
+  """`out[n, i] = a[n, i - offset]` over (t, h, w), zero where that falls outside `a`: one pad
+  with a negative edge, no index arithmetic per element."""
+  cfg = [(0, 0, 0), *((d, -d, 0) for d in offset), (0, 0, 0)]
+  return jax.lax.pad(a, jnp.zeros((), a.dtype), cfg)
+
+
+def _kernel_grad_by_taps(x: jax.Array, g: jax.Array, window: Triple,
+                         padding: Triple) -> jax.Array:
+  """The kernel gradient of a stride-1 'same' conv as one `[rows, in]^T @ [rows, out]` dot
+  per tap, rows being (n, t, h, w): the operand with fewer channels is shifted by the tap
+  (zero-filled), the other is read as stored.
+
+  Why: XLA:CPU's own kernel-gradient conv reduces over the batch as its feature dimension, so
+  it first transposes the activations (and the gradient) to put the batch innermost; for the
+  (2+1)D temporal convs at 28x28 those transposes alone took ~20% of a VSPP step (2-core Intel
+  Xeon, benchmarks/step_profile.py). A dot contracting the leading dimension of two row-major
+  matrices needs no transpose."""
+  ci, co = x.shape[-1], g.shape[-1]
+  contract = (((0,), (0,)), ((), ()))
+  taps = []
+  for tap in itertools.product(*(range(k) for k in window)):
+    offset = tuple(t - p for t, p in zip(tap, padding))  # x's index = y's index + offset
+    if co <= ci:
+      lhs, rhs = x, _shifted(g, offset)
+    else:
+      lhs, rhs = _shifted(x, tuple(-o for o in offset)), g
+    taps.append(jax.lax.dot_general(lhs.reshape(-1, ci), rhs.reshape(-1, co), contract,
+                                    preferred_element_type=jnp.float32))
+  return jnp.stack(taps).reshape(*window, ci, co)
+
+
+def _cpu_kernel_grad_impl(kernel_shape: tuple[int, ...], strides: Triple,
+                          padding: Triple) -> str:
+  """The kernel-gradient form "auto" uses on a CPU: "taps" for the stride-1 temporal convs
+  of the (2+1)D blocks, XLA's own for the rest. Measured per conv on a 2-core Intel Xeon
+  (BENCHMARKS.md, fwd-free kernel gradient with its BN-ReLU producer): temporal 3x1x1 at
+  28x28x36 channels 5.8 -> 2.7 ms, at 14x14x72 1.02 -> 0.78 ms, at 7x7x144 equal; the spatial
+  1x3x3 convs were slower by taps (9 dots: 6.8 -> 8.4 ms at 28x28), so they stay with XLA."""
   kt, kh, kw = kernel_shape[:3]
-  if kh == kw == 1:
-    return "im2col" if kt == 1 else "shifted"  # a plain matmul; a 3-tap temporal conv
-  if kt == 1 and max(strides[1:]) > 1 and kernel_shape[3] > 3:
-    return "im2col"  # strided spatial convs (the stem's 3 channels stay with XLA)
-  if kt == 1 and kernel_shape[3] > 3:
-    return "native"
+  if kt > 1 and kh == kw == 1 and _is_same_stride1(kernel_shape, strides, padding):
+    return "taps"
   return "xla"
 
 
@@ -149,11 +189,13 @@ def _auto_fwd(x, kernel, strides, padding):
 
 def _auto_bwd(strides, padding, residuals, g):
   """Input gradient by XLA's transposed conv; kernel gradient by the form picked above.
-  Both are exact transposes of the same linear map, so only the rounding differs."""
+  Both compute the same sums as XLA's autodiff, so only the rounding differs."""
   x, kernel = residuals
   dx, = jax.linear_transpose(lambda v: _conv_xla(v, kernel, strides, padding), x)(g)
-  impl = _IMPLS[_cpu_kernel_grad_impl(kernel.shape, strides)]
-  dk, = jax.linear_transpose(lambda k: impl(x, k, strides, padding), kernel)(g)
+  if _cpu_kernel_grad_impl(kernel.shape, strides, padding) == "taps":
+    dk = _kernel_grad_by_taps(x, g, kernel.shape[:3], padding).astype(kernel.dtype)
+  else:
+    dk, = jax.linear_transpose(lambda k: _conv_xla(x, k, strides, padding), kernel)(g)
   return dx, dk
 
 

@@ -24,10 +24,8 @@ def build_encoder(config: ml_collections.ConfigDict, *, num_classes: int | None 
                   heads: dict[str, int] | None = None,
                   bn_axis_name: str | None = None) -> nn.Module:
   """`models.build` with the config's encoder name, width and compute dtype; applies
-  `model.conv_lowering` (default "xla"; "auto", a per-shape CPU choice, made the whole auxSKD
-  step slower alone on a 2-core CPU, 359 ms against 305 ms: BENCHMARKS.md; see
-  `models.layers.conv3d`) for the traces to come."""
-  lowering = str(config.model.get("conv_lowering", "xla"))
+  `model.conv_lowering` (see `models.layers.conv3d`) for the traces to come."""
+  lowering = str(config.model.get("conv_lowering", "auto"))
   errors.require(lowering in layers.CONV_LOWERINGS, "model.conv_lowering",
                  f"{lowering!r} is not a lowering; choose one of {list(layers.CONV_LOWERINGS)}.")
   layers.set_conv_lowering(lowering)
