@@ -31,7 +31,7 @@ class C3D(nn.Module):
     for suffix, mult, pool in _LAYERS:
       x = Conv3d(self.width * mult, (3, 3, 3), padding=(1, 1, 1), use_bias=True,
                  dtype=self.dtype, init_scheme=self.init_scheme, name=f"conv{suffix}")(x)
-      x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, f"bn{suffix}")(x))
+      x = batch_norm(train, self.dtype, self.bn_axis_name, f"bn{suffix}", relu=True)(x)
       if pool is not None:
         x = nn.max_pool(x, pool, strides=pool, padding="VALID")
     return pool_and_heads(x, self.heads, self.single_head, features_only, feature_layer,

@@ -240,8 +240,9 @@ class Conv3d(nn.Module):
     return y
 
 
-def batch_norm(train: bool, dtype: Dtype, axis_name: str | None, name: str) -> norm.BatchNorm:
-  """BatchNorm3d as in the reference (eps 1e-5, momentum 0.1, PyTorch's running statistics);
-  statistics kept in float32."""
+def batch_norm(train: bool, dtype: Dtype, axis_name: str | None, name: str,
+               relu: bool = False) -> norm.BatchNorm:
+  """BatchNorm3d as in the reference (eps 1e-5, momentum 0.1, PyTorch's running statistics),
+  followed by a ReLU if `relu`; statistics kept in float32."""
   return norm.BatchNorm(use_running_average=not train, dtype=dtype,
-                        axis_name=axis_name if train else None, name=name)
+                        axis_name=axis_name if train else None, relu=relu, name=name)

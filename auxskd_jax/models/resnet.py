@@ -46,7 +46,7 @@ class SpatioTemporalConv(nn.Module):
     m = mid_channels(self.kernel_size, x.shape[-1], self.features)
     x = Conv3d(m, (1, kh, kw), (1, sh, sw), (0, ph, pw), dtype=self.dtype,
                init_scheme=self.init_scheme, name="spatial_conv")(x)
-    x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn")(x))
+    x = batch_norm(train, self.dtype, self.bn_axis_name, "bn", relu=True)(x)
     return Conv3d(self.features, (kt, 1, 1), (st, 1, 1), (pt, 0, 0), dtype=self.dtype,
                   init_scheme=self.init_scheme, name="temporal_conv")(x)
 
@@ -65,9 +65,10 @@ class ResBlock(nn.Module):
     conv = lambda k, s, p, name: SpatioTemporalConv(  # noqa: E731
         self.features, triple(k), triple(s), triple(p), self.factorised, self.dtype,
         self.bn_axis_name, self.init_scheme, name=name)
-    bn = lambda name: batch_norm(train, self.dtype, self.bn_axis_name, name)  # noqa: E731
+    bn = lambda name, relu=False: batch_norm(  # noqa: E731
+        train, self.dtype, self.bn_axis_name, name, relu)
     stride = 2 if self.downsample else 1
-    r = nn.relu(bn("bn1")(conv(3, stride, 1, "conv1")(x, train)))
+    r = bn("bn1", relu=True)(conv(3, stride, 1, "conv1")(x, train))
     r = bn("bn2")(conv(3, 1, 1, "conv2")(r, train))
     if self.downsample:
       x = bn("downsamplebn")(conv(1, 2, 0, "downsampleconv")(x, train))
@@ -111,7 +112,7 @@ class VideoResNet(nn.Module):
     x = SpatioTemporalConv(self.width, (3, 7, 7), (1, 2, 2), (1, 3, 3), self.factorised,
                            self.dtype, self.bn_axis_name, self.init_scheme,
                            name="conv1")(x.astype(self.dtype), train)
-    x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(x))
+    x = batch_norm(train, self.dtype, self.bn_axis_name, "bn1", relu=True)(x)
     for i, size in enumerate(self.layer_sizes):
       x = ResLayer(self.width * 2**i, size, downsample=i > 0, factorised=self.factorised,
                    dtype=self.dtype, bn_axis_name=self.bn_axis_name,

@@ -102,12 +102,13 @@ class STConv3D(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda k, s, p, name: Conv3d(  # noqa: E731
         self.features, k, s, p, dtype=self.dtype, init_scheme=self.init_scheme, name=name)
-    bn = lambda name: batch_norm(train, self.dtype, self.bn_axis_name, name)  # noqa: E731
+    bn = lambda name: batch_norm(train, self.dtype, self.bn_axis_name, name,  # noqa: E731
+                                 relu=True)
     (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = self.kernel_size, self.strides, self.padding
     if not self.separable:
-      return nn.relu(bn("bn1")(conv(self.kernel_size, self.strides, self.padding, "conv1")(x)))
-    x = nn.relu(bn("bn1")(conv((1, kh, kw), (1, sh, sw), (0, ph, pw), "conv1")(x)))
-    return nn.relu(bn("bn2")(conv((kt, 1, 1), (st, 1, 1), (pt, 0, 0), "conv2")(x)))
+      return bn("bn1")(conv(self.kernel_size, self.strides, self.padding, "conv1")(x))
+    x = bn("bn1")(conv((1, kh, kw), (1, sh, sw), (0, ph, pw), "conv1")(x))
+    return bn("bn2")(conv((kt, 1, 1), (st, 1, 1), (pt, 0, 0), "conv2")(x))
 
 
 class SelfGating(nn.Module):
