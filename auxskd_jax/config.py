@@ -29,6 +29,7 @@ UserError = errors.UserError
 # or a whole section.
 RESUME_FREE_KEYS = (
     "resume_overrides", "compilation_cache_dir", "xla_fast_compile", "xla_cpu_ynnpack_ops",
+    "xla_cpu_scheduler",
     "method_chain",
     "data.data_dir", "data.workers", "data.prefetch", "eval.batch_size",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
@@ -58,6 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
   # CPUs we measured, the whole training step is then about 1.4x faster (BENCHMARKS.md). The
   # results differ from XLA's default by float32 rounding only. No effect on GPU/TPU.
   c.xla_cpu_ynnpack_ops = runtime.DEFAULT_YNNPACK_OPS  # "dot,reduce"
+  # XLA:CPU's instruction scheduler: "memory_optimized" (1.09-1.12x faster steps on a 2-core
+  # CPU, BENCHMARKS.md; the same results), "default" or "concurrency_optimized". No effect on
+  # GPU/TPU.
+  c.xla_cpu_scheduler = runtime.DEFAULT_CPU_SCHEDULER
   # What the run is called in reports (e.g. "auxSKD -> VSPP").
   c.method_chain = ""
   # Resuming a workdir's run with another config fails unless the changed keys are listed here,

@@ -84,6 +84,9 @@ def add_xla_cpu_flag(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--xla_cpu_ynnpack_ops", default=None,
                       help="xla_cpu_ynnpack_ops (op kinds XLA:CPU gives YNNPACK; '' = XLA's "
                       "default); default: the config's")
+  parser.add_argument("--xla_cpu_scheduler", default=None,
+                      help="xla_cpu_scheduler (memory_optimized, default, "
+                      "concurrency_optimized); default: the config's")
 
 
 def set_xla_cpu_ops(args: argparse.Namespace) -> None:
@@ -94,6 +97,7 @@ def set_xla_cpu_ops(args: argparse.Namespace) -> None:
 
   try:
     runtime.set_ynnpack_ops(args.xla_cpu_ynnpack_ops)
+    runtime.set_cpu_scheduler(getattr(args, "xla_cpu_scheduler", None))
   except config_lib.ConfigError as e:
     raise SystemExit(f"benchmark flags give a bad config: {e}")
 
@@ -133,6 +137,8 @@ def make_config(task: str, args: argparse.Namespace, dtype: str) -> ml_collectio
     c.model.conv_lowering = args.conv_lowering
   if getattr(args, "xla_cpu_ynnpack_ops", None) is not None:  # as set_xla_cpu_ops applied it
     c.xla_cpu_ynnpack_ops = args.xla_cpu_ynnpack_ops
+  if getattr(args, "xla_cpu_scheduler", None) is not None:
+    c.xla_cpu_scheduler = args.xla_cpu_scheduler
   c.clip.clip_len = args.clip_len
   c.clip.crop_size = args.crop
   c.train.batch_size = args.batch

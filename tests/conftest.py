@@ -9,13 +9,15 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 # Tests are compile-bound on XLA:CPU: unoptimised codegen halves compile times (a tiny auxSKD
 # step: 16 s -> 7 s) for slightly slower kernels (config.xla_fast_compile does the same).
 # PRODUCT_XLA (set for the child processes of test_authors_step.py's `product_xla`): the XLA
-# settings of a real run instead, optimised codegen and runtime.apply's YNNPACK choice.
+# settings of a real run instead, optimised codegen and runtime.apply's YNNPACK and scheduler
+# choices.
 PRODUCT_XLA_ENV = "AUXSKD_TEST_PRODUCT_XLA"
 PRODUCT_XLA = os.environ.get(PRODUCT_XLA_ENV) == "1"
 if PRODUCT_XLA:
   from auxskd_jax import runtime as _runtime  # noqa: E402  (starts no jax backend)
 
   _runtime.set_ynnpack_ops()
+  _runtime.set_cpu_scheduler()
 elif "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

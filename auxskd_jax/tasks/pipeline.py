@@ -24,8 +24,8 @@ in the order they were added), or in name order when `order` is empty.
   `resume_overrides` lists `<key>`); a finished stage whose config changed so is run again
   (resuming from its checkpoints). Finished stages that started from it are not redone (a
   warning names them; delete their sub-workdirs to redo them). Process-wide settings
-  (prng_impl, compilation cache, xla_fast_compile, xla_cpu_ynnpack_ops, distributed) are the
-  pipeline config's own, not the stages'.
+  (prng_impl, compilation cache, xla_fast_compile, xla_cpu_ynnpack_ops, xla_cpu_scheduler,
+  distributed) are the pipeline config's own, not the stages'.
 - A `stage:<name>` reference becomes an absolute path for the stage's task, but the resume
   rule and the finished-stage check compare it relative to the pipeline workdir: a moved or
   copied workdir skips and resumes its stages as it would in place.
