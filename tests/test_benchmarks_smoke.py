@@ -416,3 +416,17 @@ def test_step_profile_sorts_ops_by_kind():
   # ops that ran side by side can sum to more than the wall time, never to less
   assert sum(r["share"] for r in result["by_kind"]) >= 1.0 - 1e-6
   assert all(op["kind"] == kinds[op["op"]] for op in result["top_ops"])
+
+
+def test_step_ab_tiny(results):
+  """Both lowerings compiled and timed in turns; the first is the baseline of the ratios."""
+  import step_ab
+
+  out = results / "step_ab.json"
+  payload = step_ab.main(TINY + ["--task=vspp", "--lowerings=xla,auto", "--rounds=2",
+                                 f"--out={out}"])
+  rows = payload["rows"]
+  assert [r["lowering"] for r in rows] == ["xla", "auto"]
+  assert rows[0]["speedup_vs_first"] == 1.0 and all(len(r["round_medians_ms"]) == 2 for r in rows)
+  assert all(r["ms_median"] > 0 for r in rows)
+  assert _load(out)["rows"] == json.loads(json.dumps(rows))
