@@ -10,7 +10,7 @@ and first transpose the activations to put it innermost. `conv3d` therefore has
 interchangeable lowerings (im2col + matmul, a sum of per-tap matmuls, one 3-D conv), selected
 process-wide by `set_conv_lowering` (config `model.conv_lowering`), and the default "auto":
 XLA's convolutions, except on a CPU the kernel gradient of the stride-1 temporal convs, which
-runs as one dot per tap without transposes (`_kernel_grad_by_taps`).
+runs as one dot over all taps without transposes (`_kernel_grad_by_taps`).
 """
 
 from __future__ import annotations
@@ -172,9 +172,9 @@ def _cpu_kernel_grad_impl(kernel_shape: tuple[int, ...], strides: Triple,
                           padding: Triple) -> str:
   """The kernel-gradient form "auto" uses on a CPU: "taps" for the stride-1 temporal convs
   of the (2+1)D blocks, XLA's own for the rest. Measured per conv on a 2-core Intel Xeon
-  (BENCHMARKS.md, fwd-free kernel gradient with its BN-ReLU producer): temporal 3x1x1 at
-  28x28x36 channels 5.8 -> 2.7 ms, at 14x14x72 1.02 -> 0.78 ms, at 7x7x144 equal; the spatial
-  1x3x3 convs were slower by taps (9 dots: 6.8 -> 8.4 ms at 28x28), so they stay with XLA."""
+  (BENCHMARKS.md; the kernel gradient alone, with its BN-ReLU producer): temporal 3x1x1 at
+  28x28x36 channels 5.8 -> 2.2 ms, at 14x14x72 1.02 -> 0.78 ms, at 7x7x144 equal; the spatial
+  1x3x3 convs were slower by taps (nine dots: 6.8 -> 8.4 ms at 28x28), so they stay with XLA."""
   kt, kh, kw = kernel_shape[:3]
   if kt > 1 and kh == kw == 1 and _is_same_stride1(kernel_shape, strides, padding):
     return "taps"

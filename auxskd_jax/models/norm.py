@@ -11,10 +11,10 @@ BN buffers VSPP inherits). This module does what PyTorch does, and stores `param
 variance, float32 statistics).
 
 In training the normalisation of conv activations (and a ReLU after it, `relu=True`) has its
-gradient in closed form (`_normalize_train`): autodiff of the two-pass statistics kept `x - mean` as a residual and
-made about 13 passes over the activations per BN + ReLU; the closed form makes two (one
-reduction, one elementwise) and rounds the same to float32 (~1e-7 relative). Measured on a
-2-core Intel Xeon: BENCHMARKS.md.
+gradient in closed form (`_normalize_train`). Autodiff of the two-pass statistics kept
+`x - mean` as a residual and made about 13 passes over the activations per BN + ReLU; the
+closed form makes two (one reduction, one elementwise) and rounds the same to float32 (~1e-7
+relative). Measured on a 2-core Intel Xeon: BENCHMARKS.md.
 """
 
 from __future__ import annotations
