@@ -70,6 +70,10 @@ class Holder:
   token: str
   started: float  # unix time
   renewed: float  # unix time
+  # The process's start in clock ticks since boot (/proc/<pid>/stat), None where unknown: with
+  # the pid it names one process exactly, whatever the wall clock did since (a VM's clock is
+  # stepped; the wall-clock comparison below once took a live, stopped holder for a newer one).
+  start_ticks: int | None = None
 
   def describe(self, now: float | None = None) -> str:
     age = max(0.0, (time.time() if now is None else now) - self.renewed)
@@ -84,7 +88,8 @@ def _read(workdir: str) -> Holder | None:
   try:
     with open(os.path.join(workdir, LEASE_FILE)) as f:
       tree = json.load(f)
-    return Holder(**{k: tree[k] for k in Holder.__dataclass_fields__})
+    fields = {k: tree[k] for k in Holder.__dataclass_fields__ if k != "start_ticks"}
+    return Holder(**fields, start_ticks=tree.get("start_ticks"))  # absent in older leases
   except (OSError, ValueError, KeyError, TypeError):
     return None
 
@@ -109,16 +114,27 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def _process_start_time(pid: int) -> float | None:
-  """When process `pid` started (unix time), from /proc on Linux; None where unknown."""
+def _process_start_ticks(pid: int) -> int | None:
+  """When process `pid` started, in clock ticks since boot, from /proc on Linux; None where
+  unknown."""
   try:
     with open(f"/proc/{pid}/stat") as f:
       fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+    return int(fields[19])  # field 22: starttime
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _process_start_time(pid: int) -> float | None:
+  """When process `pid` started (unix time, from boot time and its start ticks); None where
+  unknown."""
+  ticks = _process_start_ticks(pid)
+  try:
     with open("/proc/stat") as f:
       boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
   except (OSError, ValueError, IndexError, StopIteration):
     return None
+  return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _stale_reason(holder: Holder, stale_after_s: float, now: float) -> str:
@@ -127,10 +143,15 @@ def _stale_reason(holder: Holder, stale_after_s: float, now: float) -> str:
     if not _pid_alive(holder.pid):
       return "its process is gone"
     # A pid reused since, e.g. a restarted container (same host name, same small pid; this
-    # process itself, even): the process with that id started after the lease was written.
-    started = _process_start_time(holder.pid)
-    if started is not None and started > holder.started + 2.0:
-      return "its process is gone (its process id now belongs to a newer process)"
+    # process itself, even): the process with that id is not the one that wrote the lease.
+    ticks = _process_start_ticks(holder.pid)
+    if holder.start_ticks is not None and ticks is not None:
+      if ticks != holder.start_ticks:
+        return "its process is gone (its process id now belongs to another process)"
+    else:  # a lease without start ticks (older, or no /proc): compare wall-clock start times
+      started = _process_start_time(holder.pid)
+      if started is not None and started > holder.started + 2.0:
+        return "its process is gone (its process id now belongs to a newer process)"
   if now - holder.renewed > stale_after_s:
     return f"not renewed for {now - holder.renewed:.0f} s (> {stale_after_s:.0f} s)"
   return ""
@@ -174,7 +195,7 @@ class Lease:
     now = time.time()
     self.holder = Holder(host=socket.gethostname(), pid=os.getpid(),
                          job_id=distributed.job_id(), token=token or uuid.uuid4().hex,
-                         started=now, renewed=now)
+                         started=now, renewed=now, start_ticks=_process_start_ticks(os.getpid()))
     self._lock_fd: int | None = None
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None

@@ -58,7 +58,7 @@ def test_a_second_holder_is_refused_in_one_line_naming_the_first(tmp_path, monke
     assert _record(workdir)["token"] == first.holder.token  # the refused run wrote nothing
 
 
-@pytest.mark.parametrize("case", ["dead_pid", "own_pid", "not_renewed"])
+@pytest.mark.parametrize("case", ["dead_pid", "own_pid", "own_pid_other_ticks", "not_renewed"])
 def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, monkeypatch, caplog, case):
   monkeypatch.setattr(workdir_lock.Lease, "_try_lock", lambda self: None)  # the record decides
   workdir = str(tmp_path / "run")
@@ -67,7 +67,11 @@ def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, monkeypatch, caplo
     why = "its process is gone"
   elif case == "own_pid":  # a restarted container: same host name, same pid, another process
     _plant(workdir, host=socket.gethostname(), pid=os.getpid(), started=time.time() - 1e6)
-    why = "belongs to a newer process"
+    why = "belongs to a newer process"  # an older lease, without start ticks: wall clocks
+  elif case == "own_pid_other_ticks":  # the same, told by the process's start ticks
+    _plant(workdir, host=socket.gethostname(), pid=os.getpid(),
+           start_ticks=workdir_lock._process_start_ticks(os.getpid()) - 1)
+    why = "belongs to another process"
   else:
     _plant(workdir, renewed=time.time() - 5)
     why = "not renewed for"
@@ -243,6 +247,19 @@ def test_a_lock_holder_that_stopped_renewing_loses_the_lease_and_exits(tmp_path,
       os.kill(child.pid, signal.SIGCONT)
       child.kill()
       child.wait()
+
+
+def test_a_live_holder_is_not_taken_for_a_reused_pid_after_the_clock_moved(tmp_path,
+                                                                            monkeypatch):
+  """Its start ticks match its pid's, so a wall clock stepped since (the lease's start time
+  far from what /proc's boot time gives now) does not make it look like another process."""
+  monkeypatch.setattr(workdir_lock.Lease, "_try_lock", lambda self: None)  # the record decides
+  workdir = str(tmp_path / "run")
+  _plant(workdir, host=socket.gethostname(), pid=os.getpid(), started=time.time() - 1e6,
+         start_ticks=workdir_lock._process_start_ticks(os.getpid()))
+  with pytest.raises(workdir_lock.WorkdirBusy):
+    workdir_lock.Lease(workdir, stale_after_s=60).acquire()
+  assert _record(workdir)["token"] == "theirs"
 
 
 def test_lease_times_come_from_the_config_and_bad_ones_name_the_key():
