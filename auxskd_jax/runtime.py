@@ -14,9 +14,10 @@ FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 YNN_OPS = ("dot", "individual_dot", "reduce", "eltwise", "individual_convolution")
 # config.xla_cpu_ynnpack_ops's default: convolutions stay on XLA's own kernels (BENCHMARKS.md).
 DEFAULT_YNNPACK_OPS = "dot,reduce"
-# jaxlib versions the YNN flag was measured on (BENCHMARKS.md). It is experimental: a jaxlib
-# without it would abort on an unknown XLA flag, so others keep XLA's own choice.
-_YNN_JAXLIB = ((0, 10), (0, 12))
+# jaxlib versions the XLA:CPU flags below were measured on (BENCHMARKS.md). They are
+# experimental: a jaxlib without one would abort on an unknown XLA flag, so others keep XLA's
+# own choice.
+_MEASURED_JAXLIB = ((0, 10), (0, 12))
 SCHEDULER_FLAG = "--xla_cpu_scheduler_type"
 # config.xla_cpu_scheduler: XLA:CPU's instruction order. "memory_optimized" keeps each
 # activation's producer and consumers close, so they meet in cache: 1.09-1.12x faster steps on a
@@ -35,13 +36,21 @@ def ynn_ops(value: str) -> list[str]:
   return ops
 
 
-def _jaxlib_has_ynn_flag() -> bool:
+def _jaxlib_measured() -> bool:
   try:
     version = importlib.metadata.version("jaxlib")
   except importlib.metadata.PackageNotFoundError:
     return False
   major_minor = tuple(int(v) for v in version.split(".")[:2])
-  return _YNN_JAXLIB[0] <= major_minor <= _YNN_JAXLIB[1]
+  return _MEASURED_JAXLIB[0] <= major_minor <= _MEASURED_JAXLIB[1]
+
+
+def _add_cpu_flag(flag: str, value: str) -> None:
+  """Appends `flag=value` to XLA_FLAGS (read when the backend starts), unless XLA_FLAGS sets
+  the flag already (the environment wins) or this jaxlib was not measured with it."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if flag not in flags and _jaxlib_measured():
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}={value}".strip()
 
 
 def set_ynnpack_ops(value: str | None = None) -> None:
@@ -52,10 +61,8 @@ def set_ynnpack_ops(value: str | None = None) -> None:
   choice was measured only to round worse in one case (jax 0.10: VCOP's authors'-step parity
   3.4x its tolerance; docs/FIDELITY.md)."""
   ops = ynn_ops(DEFAULT_YNNPACK_OPS if value is None else value)
-  flags = os.environ.get("XLA_FLAGS", "")
-  if ops and YNN_FLAG not in flags and FAST_COMPILE_FLAG not in flags and \
-      _jaxlib_has_ynn_flag():
-    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={','.join(ops)}".strip()
+  if ops and FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    _add_cpu_flag(YNN_FLAG, ",".join(ops))
 
 
 def set_cpu_scheduler(value: str | None = None) -> None:
@@ -66,10 +73,8 @@ def set_cpu_scheduler(value: str | None = None) -> None:
   name = DEFAULT_CPU_SCHEDULER if value is None else value
   require(name in CPU_SCHEDULERS, "xla_cpu_scheduler",
           f"{name!r} is not a scheduler: use one of {', '.join(CPU_SCHEDULERS)}.")
-  flags = os.environ.get("XLA_FLAGS", "")
-  if name != "default" and SCHEDULER_FLAG not in flags and _jaxlib_has_ynn_flag():
-    os.environ["XLA_FLAGS"] = (
-        f"{flags} {SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_{name.upper()}".strip())
+  if name != "default":
+    _add_cpu_flag(SCHEDULER_FLAG, f"CPU_SCHEDULER_TYPE_{name.upper()}")
 
 
 def apply(config: ml_collections.ConfigDict) -> None:

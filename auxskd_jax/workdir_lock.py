@@ -88,8 +88,8 @@ def _read(workdir: str) -> Holder | None:
   try:
     with open(os.path.join(workdir, LEASE_FILE)) as f:
       tree = json.load(f)
-    fields = {k: tree[k] for k in Holder.__dataclass_fields__ if k != "start_ticks"}
-    return Holder(**fields, start_ticks=tree.get("start_ticks"))  # absent in older leases
+    # Fields with defaults (start_ticks) may be absent: older leases lack them.
+    return Holder(**{k: tree[k] for k in Holder.__dataclass_fields__ if k in tree})
   except (OSError, ValueError, KeyError, TypeError):
     return None
 
