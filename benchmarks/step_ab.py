@@ -6,8 +6,9 @@
 
 Why: a small CPU machine's speed drifts by up to 30% between runs minutes apart, more than
 most levers are worth. Compiling every variant first and then timing them in turns (each
-round: every variant for `--steps` steps after 2 untimed ones) puts the drift on all variants
-alike, so the ratio of the medians is the lever's. Process-wide XLA settings (such as
+round: every variant for `--steps` steps after `--warmup` untimed ones, the round's figure
+its median step) puts the drift on all variants alike, so the ratio of the medians is the
+lever's. Process-wide XLA settings (such as
 `--xla_cpu_scheduler`) cannot vary inside one process: run this script once per setting, in
 alternation, and compare the printed medians.
 """
@@ -18,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Any, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repo root on sys.path)
 import step_throughput  # noqa: E402
 
-import jax  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,16 +60,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   times: dict[tuple[str, str], list[float]] = {key: [] for key in built}
   for _ in range(args.rounds):
     for key, b in built.items():
-      state = b["state"]
-      for _ in range(args.warmup):
-        state, metrics = b["compiled"](state, b["batch"], b["key"])
-      jax.block_until_ready(metrics)
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        state, metrics = b["compiled"](state, b["batch"], b["key"])
-      jax.block_until_ready(metrics)
-      times[key].append((time.perf_counter() - start) * 1e3 / args.steps)
-      b["state"] = state
+      def call(b: dict[str, Any] = b) -> Any:
+        b["state"], metrics = b["compiled"](b["state"], b["batch"], b["key"])
+        return metrics
+      round_ms = common.time_calls(call, steps=args.steps, warmup=args.warmup)
+      times[key].append(statistics.median(round_ms))
   rows = []
   for task in tasks:
     base = statistics.median(times[task, lowerings[0]])
