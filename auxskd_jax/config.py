@@ -91,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init = "torch"
   # How convolutions are lowered (models/layers.py): "auto" is XLA's convolutions everywhere
   # except, on a CPU, the kernel gradient of the stride-1 temporal convs, which runs as one dot
-  # per tap (float32 rounding only; 1.03-1.04x whole steps on a 2-core Intel Xeon,
+  # over all taps (float32 rounding only; whole steps 1.01-1.08x on a 2-core Intel Xeon,
   # BENCHMARKS.md). "xla": XLA's convolutions only; "native", "im2col", "shifted": for study.
   c.model.conv_lowering = "auto"
 
