@@ -198,6 +198,10 @@ class Lease:
                          started=now, renewed=now, start_ticks=_process_start_ticks(os.getpid()))
     self._lock_fd: int | None = None
     self._stop = threading.Event()
+    # Held around each write of lease.json and around release's removal, so that a release
+    # from another thread (the early signal handler's watcher) never runs mid-write and no
+    # write follows it. Re-entrant: the Python-level handler may run in the writing thread.
+    self._io = threading.RLock()
     self._thread: threading.Thread | None = None
 
   # -- taking it -----------------------------------------------------------------------------
@@ -249,7 +253,7 @@ class Lease:
         logging.warning("Taking over the stale lease of %s in %s: %s.", other.describe(now),
                         self.workdir, reason)
       self.holder.renewed = now
-      _write(self.workdir, self.holder)
+      self._write_unless_released()
       if not locked:  # no lock of ours: a run that wrote at the same moment wins or loses here
         time.sleep(0.2)
         current = _read(self.workdir)
@@ -262,8 +266,12 @@ class Lease:
     except UserError:
       self._unlock()
       raise
-    self._thread = threading.Thread(target=self._renew_loop, name="workdir-lease", daemon=True)
-    self._thread.start()
+    # Started before it is stored: a release from another thread (the early SIGINT / SIGTERM
+    # handler's watcher, the moment lease.json appears) sees no thread or a started one, never
+    # an unstarted one, whose join raises and left the lease behind.
+    thread = threading.Thread(target=self._renew_loop, name="workdir-lease", daemon=True)
+    thread.start()
+    self._thread = thread
     return self
 
   # -- keeping it ----------------------------------------------------------------------------
@@ -280,9 +288,14 @@ class Lease:
         os._exit(_LOST_EXIT_CODE)
       self.holder.renewed = time.time()
       try:
-        _write(self.workdir, self.holder)
+        self._write_unless_released()
       except OSError as e:  # a full disk, say: the run's own save will name it
         logging.warning("Could not renew the workdir lease in %s: %s", self.workdir, e)
+
+  def _write_unless_released(self) -> None:
+    with self._io:
+      if not self._stop.is_set():
+        _write(self.workdir, self.holder)
 
   # -- giving it back ------------------------------------------------------------------------
 
@@ -295,12 +308,18 @@ class Lease:
     if os.getpid() != self.holder.pid:  # a forked child's copy: the parent still holds it
       return
     self._stop.set()
-    if self._thread is not None:
-      self._thread.join(timeout=5)
-    current = _read(self.workdir)
-    if current is not None and current.token == self.holder.token:
-      with contextlib.suppress(OSError):
-        os.remove(os.path.join(self.workdir, LEASE_FILE))
+    thread = self._thread
+    if thread is not None and thread is not threading.current_thread():
+      thread.join(timeout=5)
+    locked = self._io.acquire(timeout=5)  # a write in progress ends first
+    try:
+      current = _read(self.workdir)
+      if current is not None and current.token == self.holder.token:
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(self.workdir, LEASE_FILE))
+    finally:
+      if locked:
+        self._io.release()
     self._unlock()
 
   def __enter__(self) -> "Lease":
@@ -332,10 +351,11 @@ def hold(workdir: str, *, renew_every_s: float = RENEW_EVERY_S,
     lease = Lease(workdir, **kwargs)
     hook = distributed.at_abort(lease.release)
     try:
-      with lease.acquire():
-        yield lease
-    finally:
+      lease.acquire()
+      yield lease
+    finally:  # also after a KeyboardInterrupt inside acquire, once lease.json is written
       distributed.cancel_at_abort(hook)
+      lease.release()  # removes only a lease holding this run's token
     return
   lease, outcome = None, {"ok": True, "error": "", "token": ""}
   if jax.process_index() == 0:
@@ -348,6 +368,10 @@ def hold(workdir: str, *, renew_every_s: float = RENEW_EVERY_S,
       distributed.cancel_at_abort(lease.release)
       lease = None
       outcome = {"ok": False, "error": str(e), "token": ""}
+    except BaseException:  # a KeyboardInterrupt inside acquire: give back what it wrote
+      distributed.cancel_at_abort(lease.release)
+      lease.release()
+      raise
   chief = _agree(outcome)[0]
   try:
     if not chief["ok"]:

@@ -337,3 +337,87 @@ def test_a_sigterm_the_moment_the_lease_is_taken_gives_it_back(tmp_path):
   assert out.returncode == 42, out.stdout + out.stderr[-2000:]
   assert "not stopped" not in out.stdout
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
+
+
+def _release_from_another_thread(lease) -> list:
+  """Runs lease.release in a new thread, as the early signal handler's watcher does; returns
+  what it raised (empty when nothing)."""
+  import threading
+
+  raised = []
+
+  def release():
+    try:
+      lease.release()
+    except Exception as e:  # pylint: disable=broad-except
+      raised.append(e)
+
+  thread = threading.Thread(target=release)
+  thread.start()
+  return raised, thread
+
+
+def test_a_release_from_another_thread_before_the_renewal_starts_gives_the_lease_back(
+    tmp_path, monkeypatch):
+  """The watcher thread may release while acquire is creating the renewal thread (the CI race:
+  SIGINT the moment lease.json appears). Joining a created but unstarted thread raises, and the
+  lease stayed behind."""
+  import threading
+
+  workdir = str(tmp_path / "run")
+  lease = workdir_lock.Lease(workdir)
+  seen = {}
+
+  class ReleasedFirst(threading.Thread):
+    def start(self):
+      seen["raised"], releaser = _release_from_another_thread(lease)
+      releaser.join(10)
+      super().start()
+
+  monkeypatch.setattr(workdir_lock, "threading",
+                      types.SimpleNamespace(**{**vars(threading), "Thread": ReleasedFirst}))
+  lease.acquire()
+  assert seen["raised"] == []
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
+  lease._thread.join(5)  # the renewal thread saw the stop and ended without writing
+  assert not lease._thread.is_alive()
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
+
+
+def test_a_release_during_the_write_waits_for_it_and_removes_the_lease(tmp_path, monkeypatch):
+  """A release that comes while lease.json is being written removes it once it is written;
+  without waiting it found no lease, and the write then left one behind."""
+  workdir = str(tmp_path / "run")
+  lease = workdir_lock.Lease(workdir)
+  write = workdir_lock._write
+  seen = {}
+
+  def slow_write(*args):
+    if "thread" not in seen:
+      seen["raised"], seen["thread"] = _release_from_another_thread(lease)
+      time.sleep(0.3)  # the release runs now, mid-write
+    write(*args)
+
+  monkeypatch.setattr(workdir_lock, "_write", slow_write)
+  lease.acquire()
+  seen["thread"].join(10)
+  assert seen["raised"] == []
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
+
+
+def test_a_keyboard_interrupt_inside_acquire_gives_the_lease_back(tmp_path, monkeypatch):
+  """Ctrl-C with Python's own handler (the API, no early handler) once lease.json is written,
+  before acquire returns: hold's cleanup still removes it."""
+  import threading
+
+  class Interrupted(threading.Thread):
+    def start(self):
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(workdir_lock, "threading",
+                      types.SimpleNamespace(**{**vars(threading), "Thread": Interrupted}))
+  workdir = str(tmp_path / "run")
+  with pytest.raises(KeyboardInterrupt):
+    with workdir_lock.hold(workdir):
+      pass
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
