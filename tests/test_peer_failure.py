@@ -100,12 +100,16 @@ def test_a_stalled_process_stops_the_job(tmp_path):
     err = procs[0].stderr.read()
     assert procs[0].returncode == distributed.PEER_FAILED_EXIT_CODE, err[-3000:]
     assert "process 1 of 2 stopped answering" in _one_line_error(err)
-    # Woken up, the stalled process finds its coordinator gone and stops as well.
+    # Woken up, the stalled process finds its coordinator gone and stops as well: either its
+    # heartbeat thread notices first ("lost the job's coordinator") or its next step's
+    # collective fails first ("a cross-process collective failed"); both are true, and which
+    # comes first is up to the scheduler (CI saw each).
     procs[1].send_signal(signal.SIGCONT)
     _exits_within(procs[1], BOUND)
     err = procs[1].stderr.read()
     assert procs[1].returncode == distributed.PEER_FAILED_EXIT_CODE, err[-3000:]
-    assert "coordinator" in _one_line_error(err)
+    line = _one_line_error(err)
+    assert "coordinator" in line or "collective failed" in line, line
   finally:
     for p in procs:
       if p.poll() is None:
