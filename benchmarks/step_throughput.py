@@ -138,23 +138,27 @@ def measure_step(task: str, config: ml_collections.ConfigDict, *,
 
 
 def measure_sampling(config: ml_collections.ConfigDict, device: jax.Device,
-                     size: tuple[int, int], batch: int, *, steps: int,
-                     warmup: int) -> dict[str, Any]:
-  """`ops.make_clips('auxskd')` alone on one device: `batch` pairs of 2 x window_len x H x W
-  uint8 windows -> augmented float clips (what the auxSKD step spends before the networks)."""
+                     size: tuple[int, int], batch: int, *, steps: int, warmup: int,
+                     task: str = "auxskd") -> dict[str, Any]:
+  """`task`'s `ops.make_clips` alone on one device: `batch` examples of uint8 windows as the
+  reader ships them (auxSKD: 2 per example) -> augmented float clips and, for VSPP, its
+  labels: what the step spends before the networks, and what the PyTorch steps of
+  torch_compare.py, fed ready clips, do not."""
   from auxskd_jax import ops
 
-  windows = common.textured_frames(
-      np.random.default_rng(0), (batch, 2, ops.window_len("auxskd", config), size[0], size[1], 3))
-  windows = jax.device_put(windows, device)
+  recipe = OPS_TASK[task]
+  host = common.reader_batch(np.random.default_rng(0), batch, ops.num_views(recipe, config),
+                             ops.window_len(recipe, config), size)
+  on_device = jax.device_put(host, device)
   key = jax.device_put(jax.random.PRNGKey(0), device)
-  fn = jax.jit(lambda k, w: ops.make_clips("auxskd", k, {"windows": w}, config, train=True)[0])
+  fn = jax.jit(lambda k, b: ops.make_clips(recipe, k, b, config, train=True))
   start = time.perf_counter()
-  compiled = fn.lower(key, windows).compile()
+  compiled = fn.lower(key, on_device).compile()
   compile_s = time.perf_counter() - start
-  times = common.time_calls(lambda: compiled(key, windows), steps=steps, warmup=warmup)
-  return {"pairs": batch, "window": [ops.window_len("auxskd", config), *size],
-          "compile_s": compile_s, **common.summarize_ms(times)}
+  times = common.time_calls(lambda: compiled(key, on_device), steps=steps, warmup=warmup)
+  return {"task": task, "pairs" if task == "auxskd" else "clips": batch,
+          "window": [ops.window_len(recipe, config), *size], "compile_s": compile_s,
+          **common.summarize_ms(times)}
 
 
 def build_parser() -> argparse.ArgumentParser:

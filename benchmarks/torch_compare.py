@@ -18,9 +18,9 @@ the forward/loss (CUDA only unless `--compile=on`).
 
 The steps differ in one way, on purpose: the PyTorch steps take ready clips (the references
 sample and augment in their CPU loaders), while ours also sample and augment (and, for VSPP,
-draw the labels) on the device; for auxSKD `jax_ms_without_sampling` subtracts that cost
-(make_clips alone, also measured here). The reference's shuffled BN is a single-device no-op
-and is not modelled on the PyTorch side.
+draw the labels) on the device; `jax_ms_without_sampling` subtracts that cost (each task's
+make_clips alone, also measured here: `sampling` in the JSON, by task). The reference's
+shuffled BN is a single-device no-op and is not modelled on the PyTorch side.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   dtypes = common.parse_dtypes(args.dtype)
   size = common.frame_size(args)
   devices = common.bench_devices(1)
-  torch_rows, jax_rows, sampling = [], [], None
+  torch_rows, jax_rows, sampling = [], [], {}
   for task in tasks:
     # PyTorch first, its cache emptied after each variant, so the JAX allocator can grow after.
     task_torch = [measure_torch(v, args, device, task) for v in variants]
@@ -273,12 +273,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          warmup=args.warmup, peak_tflops=args.peak_tflops)
       row.update(framework="jax", variant=dtype)
       task_jax.append(row)
-    if task == "auxskd":
-      sampling = step_throughput.measure_sampling(
-          common.make_config("auxskd", args, "float32"), devices[0], size, args.batch,
-          steps=args.steps, warmup=args.warmup)
-      for r in task_jax:
-        r["jax_ms_without_sampling"] = r["ms_median"] - sampling["ms_median"]
+    sampling[task] = step_throughput.measure_sampling(
+        common.make_config(task, args, "float32"), devices[0], size, args.batch,
+        steps=args.steps, warmup=args.warmup, task=task)
+    for r in task_jax:
+      r["jax_ms_without_sampling"] = r["ms_median"] - sampling[task]["ms_median"]
     jax_by_dtype = {r["dtype"]: r for r in task_jax}
     for r in task_torch:
       match = jax_by_dtype.get("float32" if r["variant"] == "fp32" else "bfloat16")
