@@ -60,12 +60,14 @@ def run_steps(config, batch, num_devices, steps=2):
   rep = jax.pmap(lambda x: x, devices=devs)(
       jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), state))
   sharded = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
-  key = jnp.stack([jax.random.PRNGKey(1)] * num_devices)
-  history, metrics = [rep], []
+  key = tiny.host_replicas(jax.random.PRNGKey(1), num_devices)
+  # Kept on the host: the tests index the replicas, which on device arrays compiles a small
+  # program per leaf shape.
+  history, metrics = [jax.device_get(rep)], []
   for _ in range(steps):
     rep, m = step(rep, sharded, key)
-    history.append(rep)
-    metrics.append(m)
+    history.append(jax.device_get(rep))
+    metrics.append(jax.device_get(m))
   return state, history, metrics
 
 

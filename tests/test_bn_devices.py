@@ -18,7 +18,6 @@ over the whole gathered batch (`kl_div(..., 'batchmean')`).
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -87,21 +86,24 @@ def ours(config, clips):
   state, train_step = tiny.state_and_step(method, config, steps_per_epoch=10, total_steps=20,
                                           make_clips=given_clips)
   # A teacher away from the student, so the EMA before the forward is visible.
-  noise = jax.tree.map(lambda p: 0.1 * jnp.sin(jnp.arange(p.size, dtype=jnp.float32)
-                                               ).reshape(p.shape),
+  # (numpy, here and below: jnp per leaf would compile a small program per leaf shape)
+  noise = jax.tree.map(lambda p: (0.1 * np.sin(np.arange(p.size, dtype=np.float32))
+                                  ).astype(np.float32).reshape(p.shape),
                        state.extras["teacher"]["params"])
-  teacher = {"params": jax.tree.map(jnp.add, state.extras["teacher"]["params"], noise),
+  teacher = {"params": jax.tree.map(lambda p, n: np.asarray(p) + n,
+                                    state.extras["teacher"]["params"], noise),
              "batch_stats": state.extras["teacher"]["batch_stats"]}
   state = state.replace(extras=dict(state.extras, teacher=teacher))
   devs = jax.devices()[:DEVICES]
-  rep = jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * DEVICES), state)
+  rep = tiny.host_replicas(state, DEVICES)
   step = jax.pmap(train_step, axis_name="batch", devices=devs)
   sharded = {"clips": clips.reshape((DEVICES, -1) + clips.shape[1:])}
   base_key = jax.random.PRNGKey(1)
-  new, metrics = step(rep, sharded, jnp.stack([base_key] * DEVICES))
+  new, metrics = step(rep, sharded, tiny.host_replicas(base_key, DEVICES))
   shared = jax.random.fold_in(jax.random.fold_in(base_key, 0), step_lib.SHARED_STREAM)
   perm = np.asarray(jax.random.permutation(shared, BATCH))  # shuffled_apply's permutation
-  return state, jax.tree.map(lambda x: np.asarray(x[0]), new), metrics, perm
+  return (state, jax.tree.map(lambda x: x[0], jax.device_get(new)), jax.device_get(metrics),
+          perm)
 
 
 # --- the PyTorch side, written from the authors' train.py --------------------------------

@@ -193,13 +193,13 @@ def test_bn_axis_name_under_pmap_equals_whole_batch():
   variables = numpy_variables(local, clips=jax.ShapeDtypeStruct(x.shape, jnp.float32))
   want, want_upd = jax.jit(lambda v, x: local.apply(v, x, train=True, mutable=["batch_stats"]))(
       variables, x)
-  replicated = jax.tree.map(lambda a: jnp.stack([a] * n_dev), variables)
-  got, got_upd = jax.pmap(
+  replicated = jax.tree.map(lambda a: np.stack([np.asarray(a)] * n_dev), variables)
+  got, got_upd = jax.device_get(jax.pmap(  # on the host: indexing device arrays compiles
       lambda v, x: synced.apply(v, x, train=True, mutable=["batch_stats"]),
       axis_name="batch", devices=jax.local_devices()[:n_dev])(
-          replicated, x.reshape(n_dev, 2, *x.shape[1:]))
+          replicated, x.reshape(n_dev, 2, *x.shape[1:])))
   np.testing.assert_allclose(got.reshape(8, 3), want, atol=1e-4, rtol=1e-4)
-  for g, w in zip(jax.tree.leaves(got_upd), jax.tree.leaves(want_upd)):
+  for g, w in zip(jax.tree.leaves(got_upd), jax.tree.leaves(jax.device_get(want_upd))):
     np.testing.assert_allclose(g[0], w, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(g[3], w, atol=1e-4, rtol=1e-4)
 

@@ -108,9 +108,9 @@ def test_pmapped_steps_ema_queue_and_loss():
   noisy = np.clip(base + rng.integers(-20, 21, base.shape), 0, 255)
   batch = {"windows": np.concatenate([base, noisy], 1).astype(np.uint8).reshape(
       4, 2, 2, 16, 16, 16, 3)}
-  rep = jax.tree.map(lambda x: jnp.stack([x] * 4), state)
+  rep = tiny.host_replicas(state, 4)
   step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:4])
-  key = jnp.stack([jax.random.PRNGKey(1)] * 4)
+  key = tiny.host_replicas(jax.random.PRNGKey(1), 4)
   initial = rep.extras
   history, losses = [rep], []
   for _ in range(3):
@@ -119,7 +119,8 @@ def test_pmapped_steps_ema_queue_and_loss():
     rep = rep.replace(extras={**rep.extras, "queue": initial["queue"],
                               "queue_ptr": initial["queue_ptr"]})
     rep, metrics = step(rep, batch, key)
-    history.append(rep)
+    history.append(jax.device_get(rep))  # on the host: indexing device arrays compiles
+    metrics = jax.device_get(metrics)
     losses.append(float(metrics["loss"][0]))
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   np.testing.assert_allclose(float(metrics["loss"][0]),
@@ -142,8 +143,8 @@ def test_pmapped_steps_ema_queue_and_loss():
   np.testing.assert_allclose(np.linalg.norm(queue, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(queue[8:], start[8:])
   assert not np.isclose(queue[:8], start[:8]).all(axis=1).any()
-  for leaf in jax.tree.leaves(rep.extras) + jax.tree.leaves(rep.params):
-    np.testing.assert_array_equal(np.asarray(leaf[3]), np.asarray(leaf[0]))
+  for leaf in jax.tree.leaves(history[-1].extras) + jax.tree.leaves(history[-1].params):
+    np.testing.assert_array_equal(leaf[3], leaf[0])
 
 
 def test_validate_names_bad_keys():

@@ -90,17 +90,17 @@ def test_pmapped_steps_reduce_loss_on_fixed_batch():
   rng = np.random.default_rng(0)
   batch = {"windows": rng.integers(0, 256, (4, 2, 1, w, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 6, (4, 2)).astype(np.int32)}
-  rep = jax.tree.map(lambda x: jnp.stack([x] * 4), state)
+  rep = tiny.host_replicas(state, 4)
   step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:4])
-  key = jnp.stack([jax.random.PRNGKey(1)] * 4)
+  key = tiny.host_replicas(jax.random.PRNGKey(1), 4)
   losses = []
   for _ in range(4):
     rep, metrics = step(rep, batch, key)
     losses.append(float(metrics["loss"][0]))
   assert 1.0 < losses[0] < 3.5  # near log(6) at init
   assert losses[-1] < losses[0], losses
-  for leaf in jax.tree.leaves(rep.params):
-    np.testing.assert_array_equal(np.asarray(leaf[2]), np.asarray(leaf[0]))
+  for leaf in jax.tree.leaves(jax.device_get(rep.params)):
+    np.testing.assert_array_equal(leaf[2], leaf[0])
 
 
 def test_validate_names_bad_keys():

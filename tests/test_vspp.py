@@ -4,7 +4,6 @@ import importlib.util
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -91,12 +90,12 @@ def test_vspp_step_metrics():
 
   w = ops.window_len("vspp", config)
   batch = {"windows": rng.integers(0, 256, (2, 2, 1, w, 20, 24, 3), dtype=np.uint8)}
-  rep = jax.tree.map(lambda x: jnp.stack([x] * 2), state)
+  rep = tiny.host_replicas(state, 2)
   step = jax.pmap(train_step, axis_name="batch", devices=jax.devices()[:2])
-  rep, metrics = step(rep, batch, jnp.stack([jax.random.PRNGKey(1)] * 2))
-  m = jax.tree.map(lambda x: float(x[0]), metrics)
+  rep, metrics = step(rep, batch, tiny.host_replicas(jax.random.PRNGKey(1), 2))
+  m = jax.tree.map(lambda x: float(x[0]), jax.device_get(metrics))
   assert np.isfinite(m["loss"])
   np.testing.assert_allclose(m["loss"], m["loss_speed"] + m["loss_segment"], rtol=1e-5)
   assert m["loss_speed"] > 0.5 and m["loss_segment"] > 0.5  # near log(4) at init
   assert 0.0 <= m["accuracy_speed"] <= 1.0 and 0.0 <= m["accuracy_segment"] <= 1.0
-  assert int(rep.step[0]) == 1
+  assert int(jax.device_get(rep.step)[0]) == 1

@@ -43,3 +43,12 @@ def state_and_step(method, config: ml_collections.ConfigDict, *, steps_per_epoch
   tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
   state = method.init_state(config, jax.random.PRNGKey(seed), tx, steps_per_epoch)
   return state, step_lib.make_train_step(method, schedule, make_clips=make_clips)
+
+
+def host_replicas(tree, n: int):
+  """`n` stacked copies of every leaf, as host arrays for a pmapped step: `jnp.stack` or
+  indexing device arrays would compile a small program per leaf shape (~20 a state)."""
+  import jax
+  import numpy as np
+
+  return jax.tree.map(lambda x: np.stack([np.asarray(x)] * n), tree)
