@@ -69,8 +69,8 @@ def _time(fn: Callable[[], Any], steps: int) -> float:
 def jax_timers(shape: Shape, lowering: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
   xs, ks, strides, padding = shape
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal(xs, np.float32))
-  k = jnp.asarray(rng.standard_normal(ks, np.float32) * 0.1)
+  x = jax.device_put(rng.standard_normal(xs, np.float32))  # (jnp.asarray compiles per shape)
+  k = jax.device_put((rng.standard_normal(ks, np.float32) * 0.1).astype(np.float32))
   layers.set_conv_lowering(lowering)
   fwd = jax.jit(lambda x, k: layers.conv3d(x, k, strides, padding))
   y = fwd(x, k)

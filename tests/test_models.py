@@ -31,7 +31,9 @@ def numpy_variables(model, seed=0, clips=CLIPS):
       value = rng.uniform(0.5, 1.5, s.shape)
     else:
       value = rng.normal(0, 0.1, s.shape)
-    flat[path] = jnp.asarray(value.astype(np.float32))  # cast on the host: no compile per shape
+    # cast on the host, then a plain transfer: jnp.asarray of a numpy array compiles a small
+    # program per shape (jax 0.10 and 0.12)
+    flat[path] = jax.device_put(value.astype(np.float32))
   return traverse_util.unflatten_dict(flat)
 
 

@@ -122,7 +122,7 @@ class AuxSKD(momentum.MomentumTeacher, base.Method):
     logging.info("auxSKD: continuing the authors' run %s after epoch %s (step %d, queue "
                  "pointer %d).", path, st["epoch"], step, int(st["queue_ptr"]))
     state = state.replace(step=jnp.asarray(step, jnp.int32), opt_state=opt_state)
-    return jax.tree.map(jnp.asarray, state)
+    return jax.device_put(state)  # (jnp.asarray per leaf would compile per shape)
 
   def loss(self, params, state, clips, labels, keys):
     s = self.section
