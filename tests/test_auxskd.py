@@ -57,8 +57,7 @@ def run_steps(config, batch, num_devices, steps=2):
                                           make_clips=fixed_clips)
   devs = jax.devices()[:num_devices]
   step = jax.pmap(train_step, axis_name="batch", devices=devs)
-  rep = jax.pmap(lambda x: x, devices=devs)(
-      jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), state))
+  rep = jax.pmap(lambda x: x, devices=devs)(tiny.host_replicas(state, num_devices))
   sharded = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
   key = tiny.host_replicas(jax.random.PRNGKey(1), num_devices)
   # Kept on the host: the tests index the replicas, which on device arrays compiles a small

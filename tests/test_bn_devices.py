@@ -88,7 +88,7 @@ def ours(config, clips):
   # A teacher away from the student, so the EMA before the forward is visible.
   # (numpy, here and below: jnp per leaf would compile a small program per leaf shape)
   noise = jax.tree.map(lambda p: (0.1 * np.sin(np.arange(p.size, dtype=np.float32))
-                                  ).astype(np.float32).reshape(p.shape),
+                                  ).reshape(p.shape),
                        state.extras["teacher"]["params"])
   teacher = {"params": jax.tree.map(lambda p, n: np.asarray(p) + n,
                                     state.extras["teacher"]["params"], noise),

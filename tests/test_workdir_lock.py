@@ -339,9 +339,9 @@ def test_a_sigterm_the_moment_the_lease_is_taken_gives_it_back(tmp_path):
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LEASE_FILE))
 
 
-def _release_from_another_thread(lease) -> list:
-  """Runs lease.release in a new thread, as the early signal handler's watcher does; returns
-  what it raised (empty when nothing)."""
+def _release_from_another_thread(lease) -> tuple:
+  """Starts lease.release in a new thread, as the early signal handler's watcher does; returns
+  (what it raised, filled in by the time the thread ends: empty when nothing; the thread)."""
   import threading
 
   raised = []
